@@ -1,0 +1,30 @@
+# incus-cplb. Every stack target takes STACK=<name> (default dev).
+# Set-up runs first wherever it is needed: it is idempotent and takes under a second when all is present.
+STACK ?= dev
+
+.PHONY: setup up preview refresh down outputs test unit
+
+up:
+	@scripts/setup
+	@scripts/stack up $(STACK)
+
+setup:
+	@scripts/setup
+
+preview: setup
+	@scripts/stack preview $(STACK)
+
+refresh: setup
+	@scripts/stack refresh $(STACK)
+
+down: setup
+	@scripts/stack down $(STACK)
+
+outputs:
+	@scripts/stack outputs $(STACK)
+
+test: setup
+	@scripts/run-tests
+
+unit:
+	@.venv/bin/python -m pytest -q tests/unit

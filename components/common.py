@@ -1,0 +1,61 @@
+"""Pieces every component shares: naming, ownership, and how instances attach to the Incus target."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+
+from spec import IncusSpec, InstanceSpec
+
+_NAME_OK = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class StackContext:
+    """What every component needs to know about the stack it belongs to."""
+
+    stack: str
+    incus: IncusSpec
+
+    def object_name(self, *parts: str) -> str:
+        """`<stack>-<part>-...`: deterministic, so an interrupted `up` can adopt what it made."""
+        name = "-".join([self.stack, *parts])
+        if not _NAME_OK.match(name):
+            raise ValueError(
+                f"the Incus object name {name!r} (from stack {self.stack!r}) is not a valid instance name: use "
+                "lower-case letters, digits and '-', at most 63 characters"
+            )
+        return name
+
+    @property
+    def connection(self) -> dict:
+        """Connection settings as provider inputs (the client key travels separately, as a secret)."""
+        c = self.incus
+        return {k: v for k, v in {
+            "socket": c.socket, "remote": c.remote, "project": c.project,
+            "clientCert": c.client_cert, "serverCert": c.server_cert,
+        }.items() if v}
+
+    @property
+    def credentials(self) -> pulumi.Input[dict]:
+        if self.incus.client_key:
+            return pulumi.Output.secret({"clientKey": self.incus.client_key})
+        return {}
+
+    def devices(self) -> dict:
+        return {
+            "root": {"type": "disk", "path": "/", "pool": self.incus.storage_pool},
+            "eth0": {"type": "nic", "name": "eth0", "network": self.incus.network},
+        }
+
+
+def instance_config(spec: InstanceSpec, labels: Optional[dict] = None) -> dict:
+    config = dict(labels or {})
+    if spec.limits.cpu:
+        config["limits.cpu"] = spec.limits.cpu
+    if spec.limits.memory:
+        config["limits.memory"] = spec.limits.memory
+    return config

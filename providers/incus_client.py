@@ -1,0 +1,265 @@
+"""A small Incus API client on top of pylxd's raw API layer.
+
+pylxd speaks the LXD REST API, which Incus keeps compatible at /1.0; its model classes know LXD-only
+fields, so this module uses its low-level `client.api` nodes (sessions, socket handling, operation
+waiting) and builds Incus requests itself. File pushes use Incus's own `X-Incus-*` headers: pylxd sends
+`X-LXD-*` ones, which Incus ignores, so the mode and owner of a pushed file would be lost.
+
+Clients are created lazily on first use and kept one per thread and connection (a requests session
+is not safe to share across threads; the dynamic provider server calls us from a thread pool).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+from urllib.parse import quote
+
+DEFAULT_SOCKET = "/var/lib/incus/unix.socket"
+
+
+class IncusError(Exception):
+    """An Incus request failed; the message says what was asked and what Incus answered."""
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where and how to reach Incus. `client_key` is a secret: never log this object's repr."""
+
+    socket: str = DEFAULT_SOCKET
+    remote: Optional[str] = None
+    project: str = "default"
+    client_cert: Optional[str] = None
+    client_key: Optional[str] = None
+    server_cert: Optional[str] = None
+
+    @classmethod
+    def from_props(cls, conn: dict[str, Any], credentials: Optional[dict[str, Any]] = None) -> "Connection":
+        conn = conn or {}
+        return cls(
+            socket=conn.get("socket") or DEFAULT_SOCKET,
+            remote=conn.get("remote") or None,
+            project=conn.get("project") or "default",
+            client_cert=conn.get("clientCert") or None,
+            server_cert=conn.get("serverCert") or None,
+            client_key=(credentials or {}).get("clientKey") or None,
+        )
+
+    def __repr__(self) -> str:  # keep the key out of logs and tracebacks
+        where = self.remote or self.socket
+        return f"Connection({where}, project={self.project})"
+
+    def cache_key(self) -> str:
+        raw = "|".join(str(x) for x in (self.socket, self.remote, self.project, self.client_cert, self.client_key))
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+_local = threading.local()
+
+
+def client_for(conn: Connection) -> "IncusClient":
+    """The calling thread's client for `conn`, created on first use."""
+    cache = getattr(_local, "clients", None)
+    if cache is None:
+        cache = _local.clients = {}
+    key = conn.cache_key()
+    if key not in cache:
+        cache[key] = IncusClient(conn)
+    return cache[key]
+
+
+class IncusClient:
+    def __init__(self, conn: Connection):
+        import pylxd  # imported here: provider modules must stay free of import-time work
+
+        self.conn = conn
+        self._tmp: list[str] = []
+        try:
+            if conn.remote:
+                cert = (self._tempfile(conn.client_cert), self._tempfile(conn.client_key))
+                verify: Any = self._tempfile(conn.server_cert) if conn.server_cert else True
+                self._pylxd = pylxd.Client(endpoint=conn.remote, cert=cert, verify=verify, project=conn.project,
+                                           timeout=60)
+            else:
+                if not os.path.exists(conn.socket):
+                    raise IncusError(
+                        f"Incus socket {conn.socket} does not exist: is incusd running? (run `make setup`, or set "
+                        "cplb:incus.socket / cplb:incus.remote)"
+                    )
+                self._pylxd = pylxd.Client(endpoint=conn.socket, project=conn.project, timeout=60)
+        except IncusError:
+            raise
+        except Exception as exc:  # pylxd wraps connection failures in several types
+            raise IncusError(f"cannot reach Incus at {conn.remote or conn.socket}: {exc}") from None
+        self.api = self._pylxd.api
+
+    def _tempfile(self, pem: Optional[str]) -> str:
+        fd, path = tempfile.mkstemp(prefix="cplb-", suffix=".pem")
+        with os.fdopen(fd, "w") as f:
+            f.write(pem or "")
+        os.chmod(path, 0o600)
+        self._tmp.append(path)
+        return path
+
+    # --- low level ---------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, params=None, json=None, data=None, headers=None,
+                ok=(200, 201, 202), what: str = "") -> Any:
+        """One HTTP request to /1.0/<path>; returns the response (raises IncusError on failure)."""
+        session = self.api.session
+        url = f"{self.api._api_endpoint}/{path.lstrip('/')}"
+        params = dict(params or {})
+        params.setdefault("project", self.conn.project)
+        try:
+            resp = session.request(method, url, params=params, json=json, data=data, headers=headers,
+                                   timeout=120, verify=self.api.session.verify)
+        except Exception as exc:
+            raise IncusError(f"{what or method + ' ' + path}: cannot reach Incus ({type(exc).__name__}: {exc})")
+        if resp.status_code not in ok:
+            try:
+                detail = resp.json().get("error") or resp.text
+            except ValueError:
+                detail = resp.text
+            raise IncusError(f"{what or method + ' ' + path}: Incus answered {resp.status_code}: {detail}",
+                             status=resp.status_code)
+        return resp
+
+    def call(self, method: str, path: str, *, what: str = "", timeout: float = 300, **kw) -> Any:
+        """A request whose JSON metadata is returned; async operations are waited for."""
+        resp = self.request(method, path, what=what, **kw)
+        body = resp.json()
+        if body.get("type") == "async":
+            return self.wait(body["operation"], what=what or f"{method} {path}", timeout=timeout)
+        return body.get("metadata")
+
+    def wait(self, operation: str, *, what: str, timeout: float = 300) -> dict:
+        op_id = operation.rstrip("/").split("/")[-1]
+        resp = self.request("GET", f"operations/{op_id}/wait", params={"timeout": int(timeout)}, what=what)
+        meta = resp.json().get("metadata") or {}
+        if meta.get("status") != "Success":
+            raise IncusError(f"{what}: {meta.get('err') or meta.get('status') or 'operation failed'}")
+        return meta
+
+    def etag_get(self, path: str, what: str = "") -> tuple[dict, str]:
+        resp = self.request("GET", path, what=what)
+        return resp.json()["metadata"], resp.headers.get("ETag", "")
+
+    # --- server facts ------------------------------------------------------------------------------
+
+    def server(self) -> dict:
+        return self.call("GET", "", what="read Incus server info")
+
+    def extensions(self) -> set[str]:
+        return set(self.server().get("api_extensions", []))
+
+    # --- instances ---------------------------------------------------------------------------------
+
+    def get_instance(self, name: str) -> Optional[dict]:
+        """The instance with its state (addresses, status), or None when it does not exist."""
+        try:
+            return self.call("GET", f"instances/{quote(name)}", params={"recursion": 1},
+                             what=f"read instance {name}")
+        except IncusError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_instances(self) -> list[dict]:
+        return self.call("GET", "instances", params={"recursion": 2}, what="list instances") or []
+
+    def set_state(self, name: str, action: str, *, force: bool = False, timeout: int = 30) -> None:
+        self.call("PUT", f"instances/{quote(name)}/state",
+                  json={"action": action, "force": force, "timeout": timeout},
+                  what=f"{action} instance {name}")
+
+    def delete_instance(self, name: str) -> None:
+        inst = self.get_instance(name)
+        if inst is None:
+            return
+        if inst.get("status") != "Stopped":
+            self.set_state(name, "stop", force=True)
+        try:
+            self.call("DELETE", f"instances/{quote(name)}", what=f"delete instance {name}")
+        except IncusError as exc:
+            if exc.status != 404:
+                raise
+
+    # --- exec and files ----------------------------------------------------------------------------
+
+    def exec(self, name: str, command: list[str], *, timeout: float = 120) -> tuple[int, str, str]:
+        """Run a command in the instance; returns (exit code, stdout, stderr)."""
+        meta = self.call(
+            "POST", f"instances/{quote(name)}/exec",
+            json={"command": command, "wait-for-websocket": False, "interactive": False,
+                  "record-output": True, "environment": {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}},
+            what=f"exec in {name}", timeout=timeout,
+        )
+        md = meta.get("metadata") or {}
+        outputs = md.get("output") or {}
+        texts = []
+        for fd in ("1", "2"):
+            path = outputs.get(fd)
+            text = ""
+            if path:
+                rel = path.split("/1.0/", 1)[-1]
+                text = self.request("GET", rel, what="read exec output").text
+                try:
+                    self.request("DELETE", rel, what="clean exec output")
+                except IncusError:
+                    pass
+            texts.append(text)
+        return int(md.get("return", -1)), texts[0], texts[1]
+
+    def push_file(self, name: str, path: str, content: bytes, *, mode: int = 0o644, uid: int = 0,
+                  gid: int = 0) -> None:
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "X-Incus-type": "file",
+            "X-Incus-mode": f"{mode:04o}",
+            "X-Incus-uid": str(uid),
+            "X-Incus-gid": str(gid),
+            "X-Incus-write": "overwrite",
+        }
+        self.request("POST", f"instances/{quote(name)}/files", params={"path": path}, data=content,
+                     headers=headers, what=f"push {path} to {name}")
+
+    def pull_file(self, name: str, path: str) -> Optional[tuple[bytes, int]]:
+        """(content, mode) of a file in the instance, or None when it is missing."""
+        try:
+            resp = self.request("GET", f"instances/{quote(name)}/files", params={"path": path},
+                                what=f"read {path} in {name}")
+        except IncusError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return resp.content, int(resp.headers.get("X-Incus-mode", "0644"), 8)
+
+    def wait_for_address(self, name: str, *, family: str = "inet", timeout: float = 60) -> dict:
+        """Poll the instance until eth0 has a global address of `family` (or the timeout passes)."""
+        deadline = time.monotonic() + timeout
+        inst = self.get_instance(name) or {}
+        while time.monotonic() < deadline:
+            if addresses_of(inst).get(family):
+                return inst
+            time.sleep(0.5)
+            inst = self.get_instance(name) or {}
+        return inst
+
+
+def addresses_of(inst: dict, ignore: frozenset[str] = frozenset()) -> dict[str, list[str]]:
+    """Global addresses on eth0, by family; `ignore` drops known VIPs (they move between instances)."""
+    out: dict[str, list[str]] = {"inet": [], "inet6": []}
+    net = ((inst or {}).get("state") or {}).get("network") or {}
+    for addr in (net.get("eth0") or {}).get("addresses", []):
+        if addr.get("scope") == "global" and addr.get("address") not in ignore:
+            out.setdefault(addr.get("family"), []).append(addr["address"])
+    return out

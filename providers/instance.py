@@ -1,0 +1,234 @@
+"""Dynamic provider `cplb:incus:Instance`: an Incus instance the stack owns.
+
+- create: makes and starts the instance (or adopts one left by an interrupted `up`: same name and this
+  stack's ownership keys), then waits for its DHCP address so outputs carry it.
+- read (refresh): the instance as it is; a deleted instance drops out of the state, so `up` recreates it.
+- diff: image, name, type, target and project replace; config, profiles and devices update in place.
+- delete: stops and deletes, only when the ownership keys say it is ours.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pulumi
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    ResourceProvider,
+    UpdateResult,
+)
+
+from providers.incus_client import Connection, IncusError, addresses_of, client_for
+
+OWNER_STACK = "user.cplb.stack"
+OWNER_ID = "user.cplb.owner"
+REPLACE_KEYS = ("name", "image", "instanceType", "target", "project")
+UPDATE_KEYS = ("config", "profiles", "devices")
+# Config keys Incus manages itself; they are kept when we rewrite the config.
+SERVER_OWNED_PREFIXES = ("volatile.", "image.")
+
+
+def _conn(props: dict) -> Connection:
+    return Connection.from_props(props.get("connection") or {}, props.get("credentials") or {})
+
+
+def desired_config(props: dict) -> dict[str, str]:
+    config = {k: str(v) for k, v in (props.get("config") or {}).items()}
+    config[OWNER_STACK] = props["ownerStack"]
+    config[OWNER_ID] = props["ownerId"]
+    return config
+
+
+def check_owner(inst: dict, props: dict) -> None:
+    """Refuse to touch an instance that carries no or other ownership keys."""
+    cfg = inst.get("config") or {}
+    if cfg.get(OWNER_STACK) != props["ownerStack"] or cfg.get(OWNER_ID) != props["ownerId"]:
+        owner = cfg.get(OWNER_STACK)
+        whose = f"stack {owner!r} ({cfg.get(OWNER_ID)})" if owner else "nobody managed by incus-cplb"
+        raise IncusError(
+            f"instance {inst['name']!r} already exists and belongs to {whose}; incus-cplb never takes over an "
+            f"instance it did not create. Rename the balancer or delete that instance."
+        )
+
+
+def instance_outputs(props: dict, inst: dict) -> dict[str, Any]:
+    ignore = frozenset(props.get("ignoreAddresses") or [])
+    addrs = addresses_of(inst, ignore)
+    cfg = inst.get("config") or {}
+    return {
+        **props,
+        "status": inst.get("status", "Unknown"),
+        "uuid": cfg.get("volatile.uuid", ""),
+        "ipv4": addrs.get("inet", []),
+        "ipv6": addrs.get("inet6", []),
+        "address": (addrs.get("inet") or addrs.get("inet6") or [""])[0],
+        "userConfig": {k: v for k, v in cfg.items() if k.startswith("user.")},
+        "imageFingerprint": cfg.get("volatile.base_image", ""),
+        "location": inst.get("location", ""),
+    }
+
+
+class InstanceProvider(ResourceProvider):
+    def check(self, _olds, news):
+        failures = []
+        for key in ("name", "image", "ownerStack", "ownerId"):
+            if not news.get(key):
+                failures.append(CheckFailure(key, f"{key} is required"))
+        return CheckResult(news, failures)
+
+    def create(self, props):
+        client = client_for(_conn(props))
+        name = props["name"]
+        existing = client.get_instance(name)
+        if existing is not None:
+            check_owner(existing, props)  # ours, left by an interrupted `up`: adopt it
+            self._converge(client, name, props)
+        else:
+            body: dict[str, Any] = {
+                "name": name,
+                "type": "container",
+                "source": {"type": "image", "alias": props["image"]},
+                "profiles": list(props.get("profiles") or []),
+                "config": desired_config(props),
+                "devices": props.get("devices") or {},
+                "start": False,
+            }
+            if props.get("instanceType"):
+                body["instance_type"] = props["instanceType"]
+            params = {"target": props["target"]} if props.get("target") else None
+            client.call("POST", "instances", json=body, params=params, what=f"create instance {name}")
+        inst = client.get_instance(name) or {}
+        if inst.get("status") != "Running":
+            client.set_state(name, "start")
+        inst = client.wait_for_address(name, timeout=float(props.get("addressTimeout") or 60))
+        return CreateResult(id_=name, outs=instance_outputs(props, inst))
+
+    def _converge(self, client, name: str, props: dict) -> None:
+        current, etag = client.etag_get(f"instances/{name}", what=f"read instance {name}")
+        config = {k: v for k, v in (current.get("config") or {}).items() if k.startswith(SERVER_OWNED_PREFIXES)}
+        config.update(desired_config(props))
+        body = {
+            "architecture": current.get("architecture"),
+            "config": config,
+            "devices": props.get("devices") or {},
+            "profiles": list(props.get("profiles") or []),
+            "ephemeral": current.get("ephemeral", False),
+            "description": current.get("description", ""),
+        }
+        client.call("PUT", f"instances/{name}", json=body, headers={"If-Match": etag} if etag else None,
+                    what=f"update instance {name}")
+
+    def read(self, id_, props):
+        client = client_for(_conn(props))
+        inst = client.get_instance(id_)
+        if inst is None:
+            return ReadResult(id_="", outs={})  # gone: drops out of the state; the next `up` recreates it
+        cfg = inst.get("config") or {}
+        observed = dict(props)
+        # What refresh can see drifting: user/limits config, profiles, devices and the image.
+        observed["config"] = {
+            k: v for k, v in cfg.items()
+            if not k.startswith(SERVER_OWNED_PREFIXES) and k not in (OWNER_STACK, OWNER_ID)
+        }
+        observed["profiles"] = inst.get("profiles") or []
+        observed["devices"] = inst.get("devices") or {}
+        return ReadResult(id_=id_, outs=instance_outputs(observed, inst))
+
+    def diff(self, _id, olds, news):
+        replaces = [k for k in REPLACE_KEYS if _norm(olds.get(k)) != _norm(news.get(k))]
+        if (olds.get("connection") or {}).get("project") != (news.get("connection") or {}).get("project"):
+            replaces.append("connection")
+        updates = [k for k in UPDATE_KEYS if _norm(olds.get(k)) != _norm(news.get(k))]
+        for k in ("ownerStack", "ownerId"):
+            if olds.get(k) != news.get(k):
+                updates.append(k)
+        changes = replaces + updates
+        return DiffResult(changes=bool(changes), replaces=replaces, stables=["name"],
+                          delete_before_replace=True)
+
+    def update(self, _id, olds, news):
+        client = client_for(_conn(news))
+        name = news["name"]
+        inst = client.get_instance(name)
+        if inst is None:
+            raise IncusError(f"instance {name!r} disappeared; run `pulumi refresh` then `pulumi up` to recreate it")
+        check_owner(inst, olds)
+        self._converge(client, name, news)
+        inst = client.get_instance(name) or {}
+        if inst.get("status") != "Running":
+            client.set_state(name, "start")
+            inst = client.wait_for_address(name)
+        return UpdateResult(outs=instance_outputs(news, inst))
+
+    def delete(self, id_, props):
+        client = client_for(_conn(props))
+        inst = client.get_instance(id_)
+        if inst is None:
+            return
+        check_owner(inst, props)
+        client.delete_instance(id_)
+
+
+def _norm(value: Any) -> Any:
+    """Compare inputs as plain data (Pulumi hands lists and dicts back as its own containers)."""
+    if isinstance(value, dict):
+        return {k: _norm(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    if value is None:
+        return None
+    return value if isinstance(value, (bool, int, float)) else str(value)
+
+
+class Instance(pulumi.dynamic.Resource, module="incus", name="Instance"):
+    """An Incus instance owned by this stack. Outputs: address, ipv4, ipv6, uuid, status, userConfig."""
+
+    address: pulumi.Output[str]
+    ipv4: pulumi.Output[list]
+    ipv6: pulumi.Output[list]
+    uuid: pulumi.Output[str]
+    status: pulumi.Output[str]
+    user_config: pulumi.Output[dict]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        name: str,
+        image: str,
+        connection: dict,
+        owner_stack: str,
+        owner_id: str,
+        credentials: Optional[pulumi.Input[dict]] = None,
+        profiles: Optional[list] = None,
+        config: Optional[dict] = None,
+        devices: Optional[dict] = None,
+        instance_type: Optional[str] = None,
+        target: Optional[str] = None,
+        ignore_addresses: Optional[list] = None,
+        opts: Optional[pulumi.ResourceOptions] = None,
+    ):
+        props = {
+            "name": name,
+            "image": image,
+            "connection": connection,
+            "credentials": credentials or {},
+            "ownerStack": owner_stack,
+            "ownerId": owner_id,
+            "profiles": profiles or [],
+            "config": config or {},
+            "devices": devices or {},
+            "instanceType": instance_type,
+            "target": target,
+            "ignoreAddresses": ignore_addresses or [],
+            "project": connection.get("project", "default"),
+            # outputs
+            "address": None, "ipv4": None, "ipv6": None, "uuid": None, "status": None,
+            "userConfig": None, "imageFingerprint": None, "location": None,
+        }
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["credentials"]))
+        super().__init__(InstanceProvider(), resource_name, props, opts)

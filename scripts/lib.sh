@@ -1,0 +1,36 @@
+# Shared helpers for the shell scripts in scripts/. Sourced, never run.
+# shellcheck shell=bash
+ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+TOOLS="$ROOT/.tools"
+VENV="$ROOT/.venv"
+PULUMI_VERSION=3.259.0
+# Project-wide Incus objects that setup creates (tests and stacks refer to them by these names).
+CPLB_POOL=${CPLB_POOL:-cplb}
+CPLB_BRIDGE=${CPLB_BRIDGE:-cplbbr0}
+# 198.18.0.0/15 is reserved for benchmarking; .2-.99 are left free for VIPs, DHCP hands out .100-.199.
+CPLB_BRIDGE_ADDR=${CPLB_BRIDGE_ADDR:-198.18.10.1/24}
+CPLB_DHCP_RANGE=${CPLB_DHCP_RANGE:-198.18.10.100-198.18.10.199}
+
+_t0() { date +%s.%N; }
+_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1fs", b - a }'; }
+
+# step NAME CMD...: run one set-up step, print one line with its outcome and time.
+# The step's output goes to a log file; on failure the tail of that log is printed.
+step() {
+    local name=$1; shift
+    local slug t
+    slug=$(printf '%s' "$name" | tr ' /' '--')
+    local log="$ROOT/.build/logs/$slug.log"
+    mkdir -p "$ROOT/.build/logs"
+    t=$(_t0)
+    if "$@" >"$log" 2>&1; then
+        printf '[setup] %-34s ok    %8s  %s\n' "$name" "$(_since "$t")" "$(tail -n 1 "$log" | cut -c1-60)"
+    else
+        local rc=$?
+        printf '[setup] %-34s FAIL  %8s  (log: %s)\n' "$name" "$(_since "$t")" "$log"
+        tail -n 25 "$log" | sed 's/^/    /'
+        return "$rc"
+    fi
+}
+
+die() { echo "error: $*" >&2; exit 1; }

@@ -1,0 +1,408 @@
+"""The stack config schema (namespace `cplb`): pydantic models, defaults, and error messages with key paths.
+
+Everything a user writes in `stacks/Pulumi.<stack>.yaml` is validated here, before any resource is
+registered, so bad input fails `pulumi preview` with the key path and what is allowed, and nothing is
+created. Every string that can reach a rendered config file (haproxy, keepalived, nginx) is constrained
+to a safe pattern here; templates never see unvalidated text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+NAMESPACE = "cplb"
+#: Top-level config keys of the namespace, each a field of StackSpec (by alias).
+TOP_LEVEL_KEYS = ("incus", "instanceGroups", "loadBalancers")
+#: Strategies the schema knows, and the ones this version can build.
+STRATEGIES = ("lxc", "oci", "ovn", "keepalived", "dns", "external")
+IMPLEMENTED_STRATEGIES = ("lxc",)
+
+# --- safe scalar types ---------------------------------------------------------------------------------
+
+# A DNS label: what Incus accepts as an instance name and what is safe in every config file.
+DnsLabel = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z]([a-z0-9-]*[a-z0-9])?$"),
+]
+# An Incus object name (image alias, profile, pool, network, project): no spaces, quotes or newlines.
+IncusName = Annotated[
+    str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+]
+# A `user.*` config key as used for labels.
+LabelKey = Annotated[
+    str, StringConstraints(min_length=6, max_length=128, pattern=r"^user\.[A-Za-z0-9][A-Za-z0-9._/-]*$")
+]
+# A label value: printable, no whitespace, quotes, braces or other config-file syntax.
+LabelValue = Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9._:/@+-]*$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+
+
+IpAddress = Annotated[str, AfterValidator(_ip)]
+
+
+class Model(BaseModel):
+    """Base: camelCase keys in YAML, unknown keys rejected (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+# --- Incus connection ----------------------------------------------------------------------------------
+
+
+class IncusSpec(Model):
+    """Where the Incus server is and where new instances go."""
+
+    socket: str = Field(
+        "/var/lib/incus/unix.socket",
+        description="Path of the local Incus Unix socket; used when `remote` is not set.",
+        pattern=r"^/[^\s]*$",
+    )
+    remote: Optional[str] = Field(
+        None,
+        description="HTTPS endpoint of a remote Incus server, e.g. https://incus.example:8443.",
+        pattern=r"^https://[A-Za-z0-9.\[\]:-]+(:\d+)?/?$",
+    )
+    client_cert: Optional[str] = Field(None, alias="clientCert", description="Client certificate (PEM).")
+    client_key: Optional[str] = Field(
+        None, alias="clientKey", description="Client key (PEM). Set it with `pulumi config set --secret`."
+    )
+    server_cert: Optional[str] = Field(
+        None, alias="serverCert", description="Server certificate (PEM) to trust instead of the system CAs."
+    )
+    project: IncusName = Field("default", description="Incus project for every object the stack creates.")
+    storage_pool: IncusName = Field(
+        "default", alias="storagePool", description="Storage pool of the instances' root disks."
+    )
+    network: IncusName = Field("incusbr0", description="Managed network the instances' eth0 attach to.")
+
+    @model_validator(mode="after")
+    def _remote_needs_credentials(self):
+        if self.remote and not (self.client_cert and self.client_key):
+            raise ValueError("`remote` needs `clientCert` and `clientKey` (set the key with --secret)")
+        return self
+
+
+# --- instances -----------------------------------------------------------------------------------------
+
+
+class Limits(Model):
+    cpu: Optional[str] = Field(
+        None, description="limits.cpu: a count (`2`) or a CPU set (`0-1`, `0,2`).", pattern=r"^\d+([-,]\d+)*$"
+    )
+    memory: Optional[str] = Field(
+        None,
+        description="limits.memory: bytes with a unit (`256MiB`, `1GB`) or a percentage (`50%`).",
+        pattern=r"^\d+(B|kB|MB|GB|TB|KiB|MiB|GiB|TiB|%)$",
+    )
+
+
+class InstanceSpec(Model):
+    """How an Incus instance is made. Image changes replace the instance; the rest updates it in place."""
+
+    image: IncusName = Field(description="Local image alias, e.g. `cplb/haproxy`.")
+    profiles: list[IncusName] = Field(default_factory=list, description="Profiles applied in order.")
+    limits: Limits = Field(default_factory=Limits, description="CPU and memory limits.")
+    instance_type: Optional[str] = Field(
+        None, alias="instanceType", description="Incus instance type, e.g. `c1-m1`.", pattern=r"^[a-z0-9.-]+$"
+    )
+    target: Optional[IncusName] = Field(None, description="Cluster member to place the instance on.")
+
+
+class InstanceGroupSpec(Model):
+    """A set of plain instances the stack owns, for example a demo control plane behind a balancer."""
+
+    name: DnsLabel = Field(description="Group name; instances are named `<stack>-<name>-<n>`.")
+    count: int = Field(1, ge=0, le=50, description="Number of instances.")
+    instance: InstanceSpec = Field(
+        default_factory=lambda: InstanceSpec(image="cplb/demo-apiserver"),
+        description="How each instance is made.",
+    )
+    labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, description="`user.*` config keys set on every instance (selector labels)."
+    )
+
+
+# --- load balancers ------------------------------------------------------------------------------------
+
+Protocol = Literal["TCP", "UDP", "SCTP"]
+
+
+class PortSpec(Model):
+    name: DnsLabel = Field(description="Port name, unique within the balancer.")
+    protocol: Protocol = Field("TCP", description="TCP, UDP or SCTP (what each strategy supports differs).")
+    port: Port = Field(6443, description="Frontend port the endpoint listens on.")
+    target_port: Optional[Port] = Field(
+        None, alias="targetPort", description="Backend port; defaults to `port`."
+    )
+
+    @property
+    def backend_port(self) -> int:
+        return self.target_port or self.port
+
+
+class LabelRequirement(Model):
+    key: LabelKey
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[LabelValue] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _values_match_operator(self):
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError(f"operator {self.operator} needs at least one value")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError(f"operator {self.operator} takes no values")
+        return self
+
+
+class Selector(Model):
+    match_labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, alias="matchLabels")
+    match_expressions: list[LabelRequirement] = Field(default_factory=list, alias="matchExpressions")
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if not self.match_labels and not self.match_expressions:
+            raise ValueError("an empty selector would select every instance; give matchLabels or matchExpressions")
+        return self
+
+
+class TargetAddress(Model):
+    name: DnsLabel = Field(description="Name of the backend in the balancer's config.")
+    address: IpAddress
+
+
+class TargetsSpec(Model):
+    """Backends: a selector over instances' `user.*` config, or explicit addresses (one or the other)."""
+
+    selector: Optional[Selector] = None
+    addresses: list[TargetAddress] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.selector and self.addresses:
+            raise ValueError("give either `selector` or `addresses`, not both")
+        if not self.selector and not self.addresses:
+            raise ValueError("give `selector` or `addresses`")
+        names = [a.name for a in self.addresses]
+        if len(names) != len(set(names)):
+            raise ValueError("target names must be unique")
+        return self
+
+
+class HealthCheckSpec(Model):
+    mode: Literal["tcp", "https-healthz", "http-healthz"] = Field(
+        "tcp", description="`tcp` connect, or `GET /healthz` over TLS (`https-healthz`) or plain HTTP."
+    )
+    interval_seconds: int = Field(2, alias="intervalSeconds", ge=1, le=3600)
+    timeout_seconds: int = Field(2, alias="timeoutSeconds", ge=1, le=3600)
+    rise: int = Field(2, ge=1, le=100, description="Consecutive successes before a backend is up.")
+    fall: int = Field(3, ge=1, le=100, description="Consecutive failures before a backend is down.")
+
+
+class StatsSpec(Model):
+    enabled: bool = False
+    port: Port = 8404
+
+
+class LxcSpec(Model):
+    """`type: lxc`: haproxy in Incus system containers; with replicas > 1 they share a VIP by VRRP."""
+
+    replicas: int = Field(1, ge=1, le=9)
+    instance: InstanceSpec = Field(
+        default_factory=lambda: InstanceSpec(image="cplb/haproxy"), alias="instanceSpec"
+    )
+    vip: Optional[IpAddress] = Field(
+        None, description="Virtual IP shared by the replicas (required when replicas > 1)."
+    )
+    virtual_router_id: int = Field(51, alias="virtualRouterID", ge=1, le=255)
+
+    @model_validator(mode="after")
+    def _vip_for_ha(self):
+        if self.replicas > 1 and not self.vip:
+            raise ValueError("replicas > 1 needs `vip`: an address on the bridge's subnet outside its DHCP range")
+        return self
+
+
+class DrainSpec(Model):
+    timeout_seconds: int = Field(30, alias="timeoutSeconds", ge=0, le=3600)
+
+
+class LoadBalancerSpec(Model):
+    name: DnsLabel = Field(description="Balancer name; its instances are `<stack>-<name>-<role>-<n>`.")
+    cluster: DnsLabel = Field(description="Cluster the balancer serves (default selector label).")
+    type: Literal["lxc", "oci", "ovn", "keepalived", "dns", "external"] = Field(
+        description="Strategy: lxc | oci | ovn | keepalived | dns | external."
+    )
+    role: Literal["control-plane", "service"] = Field(
+        "control-plane", description="control-plane balancers select the cluster's control-plane instances."
+    )
+    ip_families: list[Literal["IPv4", "IPv6"]] = Field(["IPv4"], alias="ipFamilies", min_length=1, max_length=2)
+    ports: list[PortSpec] = Field(
+        default_factory=lambda: [PortSpec(name="api", port=6443)], min_length=1, max_length=64
+    )
+    targets: Optional[TargetsSpec] = Field(
+        None,
+        description="Default: control-plane balancers select user.cluster-name=<cluster> and "
+        "user.cluster-role=control-plane; others select user.cplb.loadbalancer=<name>.",
+    )
+    health_check: HealthCheckSpec = Field(default_factory=HealthCheckSpec, alias="healthCheck")
+    balance: Literal["roundrobin", "leastconn", "source"] = "roundrobin"
+    stats: StatsSpec = Field(default_factory=StatsSpec)
+    drain: DrainSpec = Field(default_factory=DrainSpec)
+    lxc: Optional[LxcSpec] = None
+
+    @field_validator("type")
+    @classmethod
+    def _implemented(cls, value: str) -> str:
+        if value not in IMPLEMENTED_STRATEGIES:
+            raise ValueError(
+                f"type {value!r} is not implemented in this version (implemented: "
+                f"{', '.join(IMPLEMENTED_STRATEGIES)})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = [p.name for p in self.ports]
+        if len(names) != len(set(names)):
+            raise ValueError("port names must be unique")
+        keys = [(p.protocol, p.port) for p in self.ports]
+        if len(keys) != len(set(keys)):
+            raise ValueError("two ports listen on the same protocol and port")
+        if self.type == "lxc":
+            for i, p in enumerate(self.ports):
+                if p.protocol != "TCP":
+                    raise ValueError(f"ports[{i}].protocol: the lxc strategy (haproxy) balances TCP only")
+            if len(self.ip_families) != len(set(self.ip_families)):
+                raise ValueError("ipFamilies has duplicates")
+        sections = [s for s in STRATEGIES if getattr(self, s, None) is not None and s != self.type]
+        if sections:
+            raise ValueError(f"section `{sections[0]}` does not apply to type {self.type!r}")
+        if self.stats.enabled and any(p.port == self.stats.port for p in self.ports):
+            raise ValueError("stats.port collides with a balanced port")
+        return self
+
+    @property
+    def lxc_spec(self) -> LxcSpec:
+        return self.lxc or LxcSpec()
+
+    def effective_targets(self) -> TargetsSpec:
+        if self.targets is not None:
+            return self.targets
+        if self.role == "control-plane":
+            labels = {"user.cluster-name": self.cluster, "user.cluster-role": "control-plane"}
+        else:
+            labels = {"user.cplb.loadbalancer": self.name}
+        return TargetsSpec(selector=Selector(matchLabels=labels))
+
+
+class StackSpec(Model):
+    incus: IncusSpec = Field(default_factory=IncusSpec)
+    instance_groups: list[InstanceGroupSpec] = Field(default_factory=list, alias="instanceGroups")
+    load_balancers: list[LoadBalancerSpec] = Field(default_factory=list, alias="loadBalancers")
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        for attr, key in (("instance_groups", "instanceGroups"), ("load_balancers", "loadBalancers")):
+            names = [x.name for x in getattr(self, attr)]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{key}: names must be unique, repeated: {', '.join(dupes)}")
+        clash = {g.name for g in self.instance_groups} & {lb.name for lb in self.load_balancers}
+        if clash:
+            raise ValueError(f"names used by both an instance group and a load balancer: {', '.join(sorted(clash))}")
+        vrids = [lb.lxc_spec.virtual_router_id for lb in self.load_balancers if lb.type == "lxc" and lb.lxc_spec.replicas > 1]
+        if len(vrids) != len(set(vrids)):
+            raise ValueError("loadBalancers: two HA balancers share a virtualRouterID (VRRP would conflict)")
+        return self
+
+
+# --- loading and errors --------------------------------------------------------------------------------
+
+
+class SpecError(Exception):
+    """Invalid stack config; the message lists each problem with its key path."""
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _message(err: dict[str, Any]) -> str:
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "string_pattern_mismatch":
+        msg = f"{msg} (got {err['input']!r})"
+    elif err["type"] in ("literal_error", "greater_than_equal", "less_than_equal", "int_parsing"):
+        msg = f"{msg} (got {err['input']!r})"
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see docs/config.md)"
+    return msg
+
+
+def format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # Tagged-union and literal branches add model names to the path; keep only real keys.
+        path = _path(loc)
+        lines.append(f"  {NAMESPACE}:{path}: {_message(err)}" if path else f"  {NAMESPACE}: {_message(err)}")
+    return "invalid stack config:\n" + "\n".join(lines)
+
+
+def parse(values: dict[str, Any]) -> StackSpec:
+    """Validate the raw values of the `cplb` namespace (top-level key -> decoded YAML value)."""
+    unknown = sorted(set(values) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise SpecError(
+            "invalid stack config:\n"
+            + "\n".join(f"  {NAMESPACE}:{k}: unknown key (allowed: {', '.join(TOP_LEVEL_KEYS)})" for k in unknown)
+        )
+    try:
+        return StackSpec.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        raise SpecError(format_errors(exc)) from None
+
+
+def from_pulumi_config() -> StackSpec:
+    """Read and validate the `cplb` namespace of the running stack's config."""
+    import pulumi
+    from pulumi.runtime.config import CONFIG, get_config_env
+
+    values: dict[str, Any] = {}
+    # Config arrives in-process (CONFIG) or through the environment, depending on the language host.
+    for full_key in {**get_config_env(), **CONFIG.get()}:
+        ns, _, key = full_key.partition(":")
+        if ns == NAMESPACE:
+            values[key] = None
+    cfg = pulumi.Config(NAMESPACE)
+    for key in values:
+        try:
+            values[key] = cfg.get_object(key)
+        except Exception as exc:  # not JSON/YAML-decodable
+            raise SpecError(f"invalid stack config:\n  {NAMESPACE}:{key}: cannot be read ({exc})") from None
+    return parse(values)

@@ -1,0 +1,91 @@
+"""Stack config validation: every invalid config names its key path and what is allowed."""
+
+import pytest
+
+import spec
+
+GOOD_LB = {"name": "api", "cluster": "demo", "type": "lxc"}
+
+
+def lb(**over):
+    return {**GOOD_LB, **over}
+
+
+INVALID = [
+    # (values of the cplb namespace, expected key path, expected words in the message)
+    ({"loadBalancers": [lb(type="haproxy")]}, "cplb:loadBalancers[0].type", "lxc"),
+    ({"loadBalancers": [lb(type="ovn")]}, "cplb:loadBalancers[0].type", "not implemented"),
+    ({"loadBalancers": [lb(name="Bad_Name")]}, "cplb:loadBalancers[0].name", "pattern"),
+    ({"loadBalancers": [lb(name="api\nbind :1")]}, "cplb:loadBalancers[0].name", "pattern"),
+    ({"loadBalancers": [lb(ports=[{"name": "api", "port": 70000}])]}, "cplb:loadBalancers[0].ports[0].port", "65535"),
+    ({"loadBalancers": [lb(ports=[{"name": "api", "port": 0}])]}, "cplb:loadBalancers[0].ports[0].port", "greater than or equal to 1"),
+    ({"loadBalancers": [lb(ports=[{"name": "api", "protocol": "UDP", "port": 53}])]}, "cplb:loadBalancers[0]", "TCP only"),
+    ({"loadBalancers": [lb(ports=[{"name": "a", "port": 1}, {"name": "a", "port": 2}])]}, "cplb:loadBalancers[0]", "unique"),
+    ({"loadBalancers": [lb(ports=[{"name": "api", "port": 1, "protocol": "ICMP"}])]}, "cplb:loadBalancers[0].ports[0].protocol", "'TCP', 'UDP' or 'SCTP'"),
+    ({"loadBalancers": [lb(healthCheck={"mode": "ping"})]}, "cplb:loadBalancers[0].healthCheck.mode", "tcp"),
+    ({"loadBalancers": [lb(healthCheck={"rise": 0})]}, "cplb:loadBalancers[0].healthCheck.rise", "greater than or equal to 1"),
+    ({"loadBalancers": [lb(balance="random")]}, "cplb:loadBalancers[0].balance", "roundrobin"),
+    ({"loadBalancers": [lb(lxc={"replicas": 2})]}, "cplb:loadBalancers[0].lxc", "vip"),
+    ({"loadBalancers": [lb(lxc={"replicas": 0})]}, "cplb:loadBalancers[0].lxc.replicas", "greater than or equal to 1"),
+    ({"loadBalancers": [lb(lxc={"replicas": 2, "vip": "198.18.10.300"})]}, "cplb:loadBalancers[0].lxc.vip", "not an IPv4 or IPv6"),
+    ({"loadBalancers": [lb(targets={"addresses": [{"name": "a", "address": "10.0.0.1\nserver x"}]})]},
+     "cplb:loadBalancers[0].targets.addresses[0].address", "not an IPv4"),
+    ({"loadBalancers": [lb(targets={"selector": {"matchLabels": {"user.role": "a b"}}})]},
+     "cplb:loadBalancers[0].targets.selector.matchLabels.user.role", "pattern"),
+    ({"loadBalancers": [lb(targets={"selector": {"matchLabels": {"cluster": "x"}}})]},
+     "cplb:loadBalancers[0].targets.selector.matchLabels.cluster", "pattern"),
+    ({"loadBalancers": [lb(targets={"selector": {}})]}, "cplb:loadBalancers[0].targets.selector", "empty selector"),
+    ({"loadBalancers": [lb(targets={"selector": {"matchExpressions": [{"key": "user.a", "operator": "In"}]}})]},
+     "cplb:loadBalancers[0].targets.selector.matchExpressions[0]", "at least one value"),
+    ({"loadBalancers": [lb(frontend={"port": 6443})]}, "cplb:loadBalancers[0].frontend", "unknown key"),
+    ({"loadBalancers": [lb(), lb()]}, "cplb:", "names must be unique"),
+    ({"incus": {"remote": "https://incus.test:8443"}}, "cplb:incus", "clientKey"),
+    ({"incus": {"project": "my project"}}, "cplb:incus.project", "pattern"),
+    ({"instanceGroups": [{"name": "cp", "count": 51}]}, "cplb:instanceGroups[0].count", "50"),
+    ({"instanceGroups": [{"name": "cp", "labels": {"user.x": "a\nb"}}]}, "cplb:instanceGroups[0].labels.user.x", "pattern"),
+    ({"instanceGroups": [{"name": "cp", "instance": {"image": "cplb/x", "limits": {"memory": "lots"}}}]},
+     "cplb:instanceGroups[0].instance.limits.memory", "pattern"),
+    ({"loadBalancer": []}, "cplb:loadBalancer", "unknown key"),
+    ({"loadBalancers": [lb(stats={"enabled": True, "port": 6443})]}, "cplb:loadBalancers[0]", "stats.port"),
+]
+
+
+@pytest.mark.parametrize("values,path,words", INVALID, ids=[f"{i}-{c[1]}" for i, c in enumerate(INVALID)])
+def test_invalid_config_names_the_key_path(values, path, words):
+    with pytest.raises(spec.SpecError) as exc:
+        spec.parse(values)
+    message = str(exc.value)
+    assert path in message, message
+    assert words in message, message
+
+
+def test_at_least_fifteen_invalid_cases():
+    assert len(INVALID) >= 15
+
+
+def test_defaults_for_control_plane_balancer():
+    s = spec.parse({"loadBalancers": [GOOD_LB]})
+    b = s.load_balancers[0]
+    assert b.ports[0].port == 6443 and b.ports[0].backend_port == 6443
+    assert b.effective_targets().selector.match_labels == {
+        "user.cluster-name": "demo", "user.cluster-role": "control-plane"}
+    assert b.lxc_spec.replicas == 1 and b.lxc_spec.instance.image == "cplb/haproxy"
+    assert b.health_check.mode == "tcp"
+
+
+def test_default_selector_for_service_balancer():
+    s = spec.parse({"loadBalancers": [lb(role="service")]})
+    assert s.load_balancers[0].effective_targets().selector.match_labels == {"user.cplb.loadbalancer": "api"}
+
+
+def test_dev_stack_file_is_valid():
+    import os
+    import yaml
+
+    from tests.conftest import ROOT
+
+    with open(os.path.join(ROOT, "stacks", "Pulumi.dev.yaml")) as f:
+        config = yaml.safe_load(f)["config"]
+    values = {k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("cplb:")}
+    s = spec.parse(values)
+    assert s.instance_groups[0].count == 3
