@@ -145,6 +145,13 @@ class IncusClient:
         op_id = operation.rstrip("/").split("/")[-1]
         resp = self.request("GET", f"operations/{op_id}/wait", params={"timeout": int(timeout)}, what=what)
         meta = resp.json().get("metadata") or {}
+        deadline = time.monotonic() + timeout
+        # /wait can answer before the operation has its final state (no metadata, or still running):
+        # read the operation itself until it has finished.
+        while meta.get("status") not in ("Success", "Failure", "Cancelled") and time.monotonic() < deadline:
+            time.sleep(0.05)
+            resp = self.request("GET", f"operations/{op_id}", what=what)
+            meta = resp.json().get("metadata") or {}
         if meta.get("status") != "Success":
             raise IncusError(f"{what}: {meta.get('err') or meta.get('status') or 'operation failed'}")
         return meta

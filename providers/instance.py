@@ -192,7 +192,10 @@ class Instance(pulumi.dynamic.Resource, module="incus", name="Instance"):
     ipv6: pulumi.Output[list]
     uuid: pulumi.Output[str]
     status: pulumi.Output[str]
-    user_config: pulumi.Output[dict]
+
+    @property
+    def user_config(self) -> pulumi.Output[dict]:
+        return getattr(self, "userConfig")
 
     def __init__(
         self,

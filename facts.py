@@ -1,0 +1,118 @@
+"""Reading the world: Incus server extensions, networks, and instances matched by selectors.
+
+Nothing here changes anything. The program calls these while it runs (at preview and at up), so the
+diff shows control-plane instances coming and going.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Optional
+
+from providers.incus_client import Connection, IncusError, addresses_of, client_for
+from spec import IncusSpec, Selector
+
+DISABLED_LABEL = "user.cplb.disabled"
+
+
+def connection_for(incus: IncusSpec) -> Connection:
+    return Connection(socket=incus.socket, remote=incus.remote, project=incus.project,
+                      client_cert=incus.client_cert, client_key=incus.client_key, server_cert=incus.server_cert)
+
+
+def selector_matches(selector: Selector, labels: dict[str, str]) -> bool:
+    for key, value in selector.match_labels.items():
+        if labels.get(key) != value:
+            return False
+    for req in selector.match_expressions:
+        present = req.key in labels
+        if req.operator == "In" and labels.get(req.key) not in req.values:
+            return False
+        if req.operator == "NotIn" and present and labels[req.key] in req.values:
+            return False
+        if req.operator == "Exists" and not present:
+            return False
+        if req.operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def is_disabled(labels: dict[str, str]) -> bool:
+    return str(labels.get(DISABLED_LABEL, "")).lower() in ("true", "1", "yes")
+
+
+@dataclass(frozen=True)
+class ObservedInstance:
+    name: str
+    uuid: str
+    status: str
+    labels: dict
+    ipv4: tuple
+    ipv6: tuple
+    owner_stack: Optional[str]
+    owner_id: Optional[str]
+
+
+class Facts:
+    """One read of the Incus server per program run, shared by every component."""
+
+    def __init__(self, incus: IncusSpec):
+        self.incus = incus
+        self._client = None
+        self._instances: Optional[list[ObservedInstance]] = None
+        self._extensions: Optional[set[str]] = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = client_for(connection_for(self.incus))
+        return self._client
+
+    def extensions(self) -> set[str]:
+        if self._extensions is None:
+            self._extensions = self.client.extensions()
+        return self._extensions
+
+    def require_extensions(self, field: str, *names: str) -> None:
+        missing = [n for n in names if n not in self.extensions()]
+        if missing:
+            raise IncusError(
+                f"{field}: the Incus server lacks the required API extensions {missing} (server version "
+                f"{self.client.server().get('environment', {}).get('server_version', '?')})"
+            )
+
+    def instances(self) -> list[ObservedInstance]:
+        if self._instances is None:
+            out = []
+            for inst in self.client.list_instances():
+                cfg = inst.get("config") or {}
+                addrs = addresses_of(inst)
+                out.append(ObservedInstance(
+                    name=inst["name"], uuid=cfg.get("volatile.uuid", ""), status=inst.get("status", ""),
+                    labels={k: v for k, v in cfg.items() if k.startswith("user.")},
+                    ipv4=tuple(addrs.get("inet", [])), ipv6=tuple(addrs.get("inet6", [])),
+                    owner_stack=cfg.get("user.cplb.stack"), owner_id=cfg.get("user.cplb.owner"),
+                ))
+            self._instances = out
+        return self._instances
+
+    def network(self, name: str) -> dict:
+        return self.client.call("GET", f"networks/{name}", what=f"read network {name}")
+
+    def check_vip(self, field: str, vip: str, network: str) -> int:
+        """The VIP must sit in the bridge's subnet, outside its DHCP range. Returns the prefix length."""
+        cfg = (self.network(network) or {}).get("config") or {}
+        cidr = cfg.get("ipv4.address", "")
+        if not cidr or cidr == "none":
+            raise ValueError(f"{field}: network {network!r} has no IPv4 subnet for the VIP")
+        iface = ipaddress.ip_interface(cidr)
+        addr = ipaddress.ip_address(vip)
+        if addr not in iface.network or addr in (iface.ip, iface.network.network_address,
+                                                 iface.network.broadcast_address):
+            raise ValueError(f"{field}: {vip} is not a free host address of {network}'s subnet {iface.network}")
+        for rng in filter(None, cfg.get("ipv4.dhcp.ranges", "").split(",")):
+            lo, _, hi = rng.partition("-")
+            if ipaddress.ip_address(lo) <= addr <= ipaddress.ip_address(hi or lo):
+                raise ValueError(f"{field}: {vip} is inside {network}'s DHCP range {rng}; pick an address outside it")
+        return iface.network.prefixlen

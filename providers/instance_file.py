@@ -1,0 +1,145 @@
+"""Dynamic provider `cplb:incus:InstanceFile`: a config file inside an instance, validated then reloaded.
+
+create/update: push the content beside the target (`<path>.cplb-new`), run the validate command on it
+(`{path}` in the command is replaced by that file), and only when it passes move it into place and run the
+reload command. A config that fails validation is removed again and the old one keeps serving.
+The diff is by content hash: a content change updates the file and reloads; it never replaces the instance.
+The content itself is not stored in outputs (it may hold secrets); only its hash, so refresh can tell when
+the file in the instance was changed or removed out of band.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+
+from providers.incus_client import Connection, IncusError, client_for
+
+REPLACE_KEYS = ("instance", "path")
+
+
+def content_hash(content: str) -> str:
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def _conn(props: dict) -> Connection:
+    return Connection.from_props(props.get("connection") or {}, props.get("credentials") or {})
+
+
+def _shell(cmd: Optional[list], staged: str) -> Optional[list]:
+    return [part.replace("{path}", staged) for part in cmd] if cmd else None
+
+
+class InstanceFileProvider(ResourceProvider):
+    def _apply(self, props: dict) -> dict:
+        client = client_for(_conn(props))
+        name, path = props["instance"], props["path"]
+        staged = f"{path}.cplb-new"
+        mode = int(props.get("mode") or "0644", 8)
+        client.exec(name, ["mkdir", "-p", path.rsplit("/", 1)[0] or "/"])
+        client.push_file(name, staged, props["content"].encode(), mode=mode)
+        validate = _shell(props.get("validateCommand"), staged)
+        if validate:
+            rc, out, err = client.exec(name, validate)
+            if rc != 0:
+                client.exec(name, ["rm", "-f", staged])
+                detail = (err or out).strip()[-2000:]
+                raise IncusError(
+                    f"{path} in {name}: the new config failed validation (`{' '.join(validate)}` exited {rc}); "
+                    f"the previous config keeps serving.\n{detail}"
+                )
+        rc, out, err = client.exec(name, ["mv", "-f", staged, path])
+        if rc != 0:
+            raise IncusError(f"{path} in {name}: cannot move the new config into place: {err or out}")
+        reload = props.get("reloadCommand")
+        if reload:
+            rc, out, err = client.exec(name, list(reload))
+            if rc != 0:
+                raise IncusError(f"{path} in {name}: reload (`{' '.join(reload)}`) exited {rc}: {(err or out).strip()}")
+        return self._outs(props, content_hash(props["content"]))
+
+    @staticmethod
+    def _outs(props: dict, digest: str) -> dict:
+        return {k: v for k, v in props.items() if k != "content"} | {"contentHash": digest}
+
+    def create(self, props):
+        outs = self._apply(props)
+        return CreateResult(id_=f"{props['instance']}:{props['path']}", outs=outs)
+
+    def update(self, _id, _olds, news):
+        return UpdateResult(outs=self._apply(news))
+
+    def diff(self, _id, olds, news):
+        replaces = [k for k in REPLACE_KEYS if olds.get(k) != news.get(k)]
+        changed = list(replaces)
+        if olds.get("contentHash") != content_hash(news.get("content") or ""):
+            changed.append("content")
+        for k in ("mode", "validateCommand", "reloadCommand", "instanceUuid"):
+            if _plain(olds.get(k)) != _plain(news.get(k)):
+                changed.append(k)
+        return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
+
+    def read(self, id_, props):
+        client = client_for(_conn(props))
+        inst = client.get_instance(props["instance"])
+        if inst is None:
+            return ReadResult(id_="", outs={})
+        found = client.pull_file(props["instance"], props["path"])
+        if found is None:
+            return ReadResult(id_="", outs={})  # removed out of band: the next `up` pushes it again
+        digest = hashlib.sha256(found[0]).hexdigest()
+        uuid = (inst.get("config") or {}).get("volatile.uuid", "")
+        return ReadResult(id_=id_, outs={**props, "contentHash": digest, "instanceUuid": uuid})
+
+    def delete(self, _id, props):
+        client = client_for(_conn(props))
+        if client.get_instance(props["instance"]) is None:
+            return
+        client.exec(props["instance"], ["rm", "-f", props["path"]])
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return None if value is None else str(value)
+
+
+class InstanceFile(pulumi.dynamic.Resource, module="incus", name="InstanceFile"):
+    """A file inside an instance, pushed, validated and reloaded. Output: contentHash."""
+
+    @property
+    def content_hash(self) -> pulumi.Output[str]:
+        return getattr(self, "contentHash")
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        instance: pulumi.Input[str],
+        instance_uuid: pulumi.Input[str],
+        path: str,
+        content: pulumi.Input[str],
+        connection: dict,
+        credentials: Optional[pulumi.Input[dict]] = None,
+        mode: str = "0644",
+        validate_command: Optional[list[str]] = None,
+        reload_command: Optional[list[str]] = None,
+        opts: Optional[pulumi.ResourceOptions] = None,
+    ):
+        props = {
+            "instance": instance,
+            "instanceUuid": instance_uuid,
+            "path": path,
+            "content": content,
+            "connection": connection,
+            "credentials": credentials or {},
+            "mode": mode,
+            "validateCommand": validate_command,
+            "reloadCommand": reload_command,
+            "contentHash": None,
+        }
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["credentials"]))
+        super().__init__(InstanceFileProvider(), resource_name, props, opts)
