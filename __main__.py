@@ -18,7 +18,12 @@ try:
 except (spec.SpecError, ValueError, IncusError) as exc:
     raise pulumi.RunError(str(exc)) from None
 
-groups = {g.name: InstanceGroup(g.name, InstanceGroupArgs(ctx=ctx, spec=g)) for g in stack_spec.instance_groups}
+groups = {
+    g.name: InstanceGroup(g.name, InstanceGroupArgs(
+        ctx=ctx, spec=g, image_fingerprint=facts.image_fingerprint(f"cplb:instanceGroups[{i}].instance.image",
+                                                                   g.instance.image)))
+    for i, g in enumerate(stack_spec.instance_groups)
+}
 # Instances this stack creates, with their declared labels, so selectors see them in the same `up`.
 stack_instances = {
     inst_name: (g.labels, resource)

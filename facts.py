@@ -97,6 +97,17 @@ class Facts:
             self._instances = out
         return self._instances
 
+    def image_fingerprint(self, field: str, alias: str) -> str:
+        """The fingerprint behind a local image alias; a rebuilt image means new instances."""
+        try:
+            meta = self.client.call("GET", f"images/aliases/{alias}", what=f"read image alias {alias}")
+        except IncusError as exc:
+            if exc.status == 404:
+                raise ValueError(f"{field}: no image {alias!r} on the Incus server (run `make setup` to build "
+                                 "the local cplb/* images, or import it)") from None
+            raise
+        return meta.get("target", "")
+
     def network(self, name: str) -> dict:
         return self.client.call("GET", f"networks/{name}", what=f"read network {name}")
 

@@ -15,6 +15,7 @@ from spec import InstanceGroupSpec
 class InstanceGroupArgs:
     ctx: StackContext
     spec: InstanceGroupSpec
+    image_fingerprint: str = ""
 
 
 class InstanceGroup(pulumi.ComponentResource):
@@ -28,6 +29,7 @@ class InstanceGroup(pulumi.ComponentResource):
                 f"{name}-{n}",
                 name=incus_name,
                 image=spec.instance.image,
+                image_fingerprint=args.image_fingerprint,
                 connection=ctx.connection,
                 credentials=ctx.credentials,
                 owner_stack=ctx.stack,

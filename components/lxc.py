@@ -78,6 +78,7 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
                 f"{name}-haproxy-{n}",
                 name=ctx.object_name(lb.name, "haproxy", str(n)),
                 image=lxc.instance.image,
+                image_fingerprint=facts.image_fingerprint(f"{args.field}.lxc.instanceSpec.image", lxc.instance.image),
                 connection=ctx.connection,
                 credentials=ctx.credentials,
                 owner_stack=ctx.stack,

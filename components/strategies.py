@@ -12,12 +12,14 @@ COMPONENTS = {"lxc": HaproxyLoadBalancer}
 
 def check_all(ctx: StackContext, stack: StackSpec, facts: Facts) -> None:
     """Everything that can be known before registering resources; raises with the key path."""
-    for g in stack.instance_groups:
+    for i, g in enumerate(stack.instance_groups):
         ctx.object_name(g.name, str(max(g.count, 1)))
+        facts.image_fingerprint(f"cplb:instanceGroups[{i}].instance.image", g.instance.image)
     for i, lb in enumerate(stack.load_balancers):
         field = f"cplb:loadBalancers[{i}]"
         if lb.type == "lxc":
             ctx.object_name(lb.name, "haproxy", str(lb.lxc_spec.replicas))
+            facts.image_fingerprint(f"{field}.lxc.instanceSpec.image", lb.lxc_spec.instance.image)
             if lb.lxc_spec.replicas > 1:
                 facts.check_vip(f"{field}.lxc.vip", lb.lxc_spec.vip, ctx.incus.network)
 

@@ -239,6 +239,15 @@ class IncusClient:
         self.request("POST", f"instances/{quote(name)}/files", params={"path": path}, data=content,
                      headers=headers, what=f"push {path} to {name}")
 
+    def delete_file(self, name: str, path: str) -> None:
+        """Remove a file; works on stopped instances too (no exec needed). Missing is fine."""
+        try:
+            self.request("DELETE", f"instances/{quote(name)}/files", params={"path": path},
+                         what=f"delete {path} in {name}")
+        except IncusError as exc:
+            if exc.status != 404:
+                raise
+
     def pull_file(self, name: str, path: str) -> Optional[tuple[bytes, int]]:
         """(content, mode) of a file in the instance, or None when it is missing."""
         try:

@@ -26,8 +26,8 @@ from providers.incus_client import Connection, IncusError, addresses_of, client_
 
 OWNER_STACK = "user.cplb.stack"
 OWNER_ID = "user.cplb.owner"
-REPLACE_KEYS = ("name", "image", "instanceType", "target", "project")
-UPDATE_KEYS = ("config", "profiles", "devices")
+REPLACE_KEYS = ("name", "image", "imageFingerprint", "instanceType", "target", "project")
+UPDATE_KEYS = ("config", "profiles", "devices", "running")
 # Config keys Incus manages itself; they are kept when we rewrite the config.
 SERVER_OWNED_PREFIXES = ("volatile.", "image.")
 
@@ -62,12 +62,13 @@ def instance_outputs(props: dict, inst: dict) -> dict[str, Any]:
     return {
         **props,
         "status": inst.get("status", "Unknown"),
+        "running": inst.get("status") == "Running",
         "uuid": cfg.get("volatile.uuid", ""),
         "ipv4": addrs.get("inet", []),
         "ipv6": addrs.get("inet6", []),
         "address": (addrs.get("inet") or addrs.get("inet6") or [""])[0],
         "userConfig": {k: v for k, v in cfg.items() if k.startswith("user.")},
-        "imageFingerprint": cfg.get("volatile.base_image", ""),
+        "imageFingerprint": cfg.get("volatile.base_image", "") if props.get("imageFingerprint") else "",
         "location": inst.get("location", ""),
     }
 
@@ -213,6 +214,7 @@ class Instance(pulumi.dynamic.Resource, module="incus", name="Instance"):
         instance_type: Optional[str] = None,
         target: Optional[str] = None,
         ignore_addresses: Optional[list] = None,
+        image_fingerprint: Optional[str] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         props = {
@@ -228,10 +230,12 @@ class Instance(pulumi.dynamic.Resource, module="incus", name="Instance"):
             "instanceType": instance_type,
             "target": target,
             "ignoreAddresses": ignore_addresses or [],
+            "running": True,
+            "imageFingerprint": image_fingerprint or "",
             "project": connection.get("project", "default"),
             # outputs
             "address": None, "ipv4": None, "ipv6": None, "uuid": None, "status": None,
-            "userConfig": None, "imageFingerprint": None, "location": None,
+            "userConfig": None, "location": None,
         }
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["credentials"]))
         super().__init__(InstanceProvider(), resource_name, props, opts)

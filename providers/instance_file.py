@@ -45,7 +45,7 @@ class InstanceFileProvider(ResourceProvider):
         if validate:
             rc, out, err = client.exec(name, validate)
             if rc != 0:
-                client.exec(name, ["rm", "-f", staged])
+                client.delete_file(name, staged)
                 detail = (err or out).strip()[-2000:]
                 raise IncusError(
                     f"{path} in {name}: the new config failed validation (`{' '.join(validate)}` exited {rc}); "
@@ -75,10 +75,13 @@ class InstanceFileProvider(ResourceProvider):
     def diff(self, _id, olds, news):
         replaces = [k for k in REPLACE_KEYS if olds.get(k) != news.get(k)]
         changed = list(replaces)
-        if olds.get("contentHash") != content_hash(news.get("content") or ""):
+        content = news.get("content")
+        # During preview the content may be unknown (it depends on addresses not yet assigned).
+        if not isinstance(content, str) or olds.get("contentHash") != content_hash(content):
             changed.append("content")
         for k in ("mode", "validateCommand", "reloadCommand", "instanceUuid"):
-            if _plain(olds.get(k)) != _plain(news.get(k)):
+            new = news.get(k)
+            if not isinstance(new, (str, list, tuple, type(None))) or _plain(olds.get(k)) != _plain(new):
                 changed.append(k)
         return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
 
@@ -98,7 +101,7 @@ class InstanceFileProvider(ResourceProvider):
         client = client_for(_conn(props))
         if client.get_instance(props["instance"]) is None:
             return
-        client.exec(props["instance"], ["rm", "-f", props["path"]])
+        client.delete_file(props["instance"], props["path"])
 
 
 def _plain(value):

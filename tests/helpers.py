@@ -15,7 +15,9 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS_BIN = os.path.join(ROOT, ".tools", "bin")
-PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "spec.py", "components", "providers", "templates")
+# What a test project copies: the program, not the checkout's tools, state, stacks or tests.
+SKIP_IN_COPY = (".git", ".venv", ".tools", ".state", ".build", "tests", "stacks", "bench", "docs", "images",
+                "scripts", "__pycache__", ".pytest_cache")
 SOCKET = "/var/lib/incus/unix.socket"
 POOL = os.environ.get("CPLB_POOL", "cplb")
 BRIDGE = os.environ.get("CPLB_BRIDGE", "cplbbr0")
@@ -57,7 +59,7 @@ class ProjectCopy:
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="cplb-it-")
-        for name in PROJECT_FILES:
+        for name in sorted(set(os.listdir(ROOT)) - set(SKIP_IN_COPY)):
             src = os.path.join(ROOT, name)
             if os.path.isdir(src):
                 shutil.copytree(src, os.path.join(self.dir, name), ignore=shutil.ignore_patterns("__pycache__"))
@@ -124,3 +126,79 @@ def pulumi_stack(values: dict, prefix: str = "it"):
             for inst in instances_with_prefix(name):  # never leave instances behind a failed test
                 incus().delete_instance(inst)
             project.cleanup()
+
+
+def launch_external(name: str, labels: dict, image: str = "cplb/demo-apiserver") -> str:
+    """An instance made outside the stack (as cluster-api would make a control-plane node). Returns its IPv4."""
+    client = incus()
+    client.call("POST", "instances", json={
+        "name": name, "source": {"type": "image", "alias": image}, "config": labels,
+        "devices": {"root": {"type": "disk", "path": "/", "pool": POOL},
+                    "eth0": {"type": "nic", "name": "eth0", "network": BRIDGE}},
+        "start": True})
+    from providers.incus_client import addresses_of
+
+    inst = client.wait_for_address(name, timeout=30)
+    return addresses_of(inst)["inet"][0]
+
+
+def set_label(name: str, key: str, value) -> None:
+    client = incus()
+    current, etag = client.etag_get(f"instances/{name}")
+    config = dict(current["config"])
+    if value is None:
+        config.pop(key, None)
+    else:
+        config[key] = value
+    body = {k: current[k] for k in ("architecture", "devices", "profiles", "ephemeral", "description")}
+    body["config"] = config
+    client.call("PUT", f"instances/{name}", json=body, headers={"If-Match": etag})
+
+
+class Load:
+    """A bounded HTTP client on new connections, in a thread: counts answers by body and failures."""
+
+    def __init__(self, endpoint: str, min_requests: int = 2000, max_requests: int = 50000, max_seconds: float = 180):
+        import collections
+        import threading
+
+        self.endpoint, self.min_requests, self.max_requests, self.max_seconds = endpoint, min_requests, max_requests, max_seconds
+        self.answers = collections.Counter()
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import http.client
+
+        host, port = self.endpoint.rsplit(":", 1)
+        start = time.monotonic()
+        n = 0
+        while n < self.max_requests and time.monotonic() - start < self.max_seconds:
+            if self.stop.is_set() and n >= self.min_requests:
+                break
+            n += 1
+            try:
+                conn = http.client.HTTPConnection(host, int(port), timeout=10)
+                conn.request("GET", "/", headers={"Connection": "close"})
+                resp = conn.getresponse()
+                body = resp.read().decode().strip()
+                conn.close()
+                if resp.status != 200:
+                    self.failures.append(f"status {resp.status}")
+                else:
+                    self.answers[body] += 1
+            except OSError as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+
+    @property
+    def total(self) -> int:
+        return sum(self.answers.values()) + len(self.failures)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
