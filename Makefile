@@ -2,7 +2,7 @@
 # Set-up runs first wherever it is needed: it is idempotent and takes under a second when all is present.
 STACK ?= dev
 
-.PHONY: setup up preview refresh down outputs test unit
+.PHONY: setup up preview refresh down outputs test unit bench
 
 up:
 	@scripts/setup
@@ -28,3 +28,7 @@ test: setup
 
 unit:
 	@.venv/bin/python -m pytest -q tests/unit
+
+# Benchmarks print their figures and append them, dated, to docs/benchmarks.md.
+bench: setup
+	@.venv/bin/python bench/lxc.py --record
