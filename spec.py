@@ -234,6 +234,12 @@ class LxcSpec(Model):
         None, description="Virtual IP shared by the replicas (required when replicas > 1)."
     )
     virtual_router_id: int = Field(51, alias="virtualRouterID", ge=1, le=255)
+    auth_pass: Optional[str] = Field(
+        None, alias="authPass",
+        description="VRRP password shared by the replicas, 1-8 characters (VRRP v2 PASS authentication; "
+        "longer is an error, not a silent truncation). Set it with `pulumi config set --secret --path`.",
+        min_length=1, max_length=8, pattern=r"^[A-Za-z0-9!@%^&*()_+=:,.<>?/~-]+$",
+    )
 
     @model_validator(mode="after")
     def _vip_for_ha(self):

@@ -112,8 +112,10 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
                     stack=ctx.stack, lb_name=lb.name, router_id=ctx.object_name(lb.name, "haproxy", str(n)),
                     monitor_port=MONITOR_PORT, instance_name=f"VI_{lb.name.replace('-', '_')}",
                     interface="eth0", virtual_router_id=lxc.virtual_router_id,
-                    priority=200 - 10 * n, auth_pass=None, vip=lxc.vip, prefix_len=prefix_len,
+                    priority=200 - 10 * n, auth_pass=lxc.auth_pass, vip=lxc.vip, prefix_len=prefix_len,
                 )
+                # The file holds the VRRP password: keep it a secret in state, diffs and previews.
+                conf = pulumi.Output.secret(conf) if lxc.auth_pass else conf
                 self.files.append(InstanceFile(
                     f"{name}-keepalived-conf-{n}",
                     instance=inst.name, instance_uuid=inst.uuid, path=KEEPALIVED_CONF, content=conf,

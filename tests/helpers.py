@@ -95,6 +95,15 @@ class ProjectCopy:
         ws = auto.LocalWorkspaceOptions(work_dir=self.dir, env_vars=self.env, pulumi_home=self.env["PULUMI_HOME"])
         return auto.create_or_select_stack(name, work_dir=self.dir, opts=ws)
 
+    def state_text(self) -> str:
+        """Everything the file backend stores, as text (checkpoints and backups)."""
+        out = []
+        for dirpath, _, files in os.walk(os.path.join(self.dir, ".backend")):
+            for f in files:
+                with open(os.path.join(dirpath, f), errors="replace") as fh:
+                    out.append(fh.read())
+        return "\n".join(out)
+
     def cleanup(self):
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -176,10 +176,24 @@ def test_config_that_fails_validation_keeps_the_old_one_serving(control_plane):
 
 def test_ha_pair_moves_the_vip_when_the_holder_dies(control_plane):
     cluster, names, _ = control_plane
+    from pulumi.automation import ConfigValue
+
     vip = f"198.18.10.{random.randrange(20, 90)}"
+    password = "Vr" + "".join(random.choice("abcdefghjkmnpqrstuvwxyz23456789") for _ in range(6))
     with pulumi_stack(base_config(loadBalancers=[lxc_lb(cluster, replicas=2, vip=vip,
-                                                        virtualRouterID=random.randrange(100, 250))])) as (_, name, stack):
-        up = stack.up(on_output=quiet)
+                                                        virtualRouterID=random.randrange(100, 250))])) as (project, name, stack):
+        stack.set_config("cplb:loadBalancers[0].lxc.authPass", ConfigValue(password, secret=True), path=True)
+        logs = []
+        preview = stack.preview(on_output=logs.append, diff=True)
+        up = stack.up(on_output=logs.append)
+        # The VRRP password reached the instances, and nowhere else in plain text.
+        conf = incus().pull_file(f"{name}-api-haproxy-1", "/etc/keepalived/keepalived.conf")[0].decode()
+        assert f"auth_pass {password}" in conf
+        state = project.state_text()  # the state files as stored (export_stack would decrypt them)
+        assert f"{name}-api-haproxy-1" in state
+        for where, text in (("state", state), ("preview", preview.stdout), ("up log", "\n".join(logs)),
+                            ("outputs", str(up.outputs))):
+            assert password not in text, f"the VRRP password leaked into the {where}"
         ep = endpoint_of(up)
         assert ep == f"{vip}:6443"
         assert up.outputs["loadBalancers"].value["api"]["mode"] == "vrrp"

@@ -47,6 +47,10 @@ INVALID = [
      "cplb:instanceGroups[0].instance.limits.memory", "pattern"),
     ({"loadBalancer": []}, "cplb:loadBalancer", "unknown key"),
     ({"loadBalancers": [lb(stats={"enabled": True, "port": 6443})]}, "cplb:loadBalancers[0]", "stats.port"),
+    ({"loadBalancers": [lb(lxc={"replicas": 2, "vip": "198.18.10.5", "authPass": "123456789"})]},
+     "cplb:loadBalancers[0].lxc.authPass", "at most 8 characters"),
+    ({"loadBalancers": [lb(lxc={"replicas": 2, "vip": "198.18.10.5", "authPass": "a b"})]},
+     "cplb:loadBalancers[0].lxc.authPass", "pattern"),
 ]
 
 
