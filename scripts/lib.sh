@@ -23,10 +23,15 @@ step() {
     local log="$ROOT/.build/logs/$slug.log"
     mkdir -p "$ROOT/.build/logs"
     t=$(_t0)
-    if "$@" >"$log" 2>&1; then
+    # The step runs in a subshell with errexit on (inside an `if`, bash would ignore errexit).
+    local rc=0
+    set +e
+    ( set -e; "$@" ) >"$log" 2>&1
+    rc=$?
+    set -e
+    if [ "$rc" -eq 0 ]; then
         printf '[setup] %-34s ok    %8s  %s\n' "$name" "$(_since "$t")" "$(tail -n 1 "$log" | cut -c1-60)"
     else
-        local rc=$?
         printf '[setup] %-34s FAIL  %8s  (log: %s)\n' "$name" "$(_since "$t")" "$log"
         tail -n 25 "$log" | sed 's/^/    /'
         return "$rc"
