@@ -77,7 +77,7 @@ class Facts:
     def require_extensions(self, field: str, *names: str) -> None:
         missing = [n for n in names if n not in self.extensions()]
         if missing:
-            raise IncusError(
+            raise ValueError(
                 f"{field}: the Incus server lacks the required API extensions {missing} (server version "
                 f"{self.client.server().get('environment', {}).get('server_version', '?')})"
             )
@@ -110,6 +110,40 @@ class Facts:
 
     def network(self, name: str) -> dict:
         return self.client.call("GET", f"networks/{name}", what=f"read network {name}")
+
+    def check_ovn_listen_address(self, field: str, network: str, address: str) -> None:
+        """The network must be OVN, and the address inside its uplink's ipv4.ovn.ranges or ipv4.routes."""
+        try:
+            net = self.network(network) or {}
+        except IncusError as exc:
+            if exc.status == 404:
+                raise ValueError(f"{field}.ovn.networkName: no network {network!r} on the Incus server") from None
+            raise
+        if net.get("type") != "ovn":
+            raise ValueError(f"{field}.ovn.networkName: network {network!r} is a {net.get('type')!r} network; network "
+                             "load balancers exist only on OVN networks (Incus answers 400 for bridges)")
+        uplink = (net.get("config") or {}).get("network", "")
+        if not uplink:
+            raise ValueError(f"{field}.ovn.networkName: OVN network {network!r} has no uplink network")
+        ucfg = (self.network(uplink) or {}).get("config") or {}
+        addr = ipaddress.ip_address(address)
+        allowed = []
+        for key in ("ipv4.ovn.ranges", "ipv6.ovn.ranges"):
+            for rng in filter(None, ucfg.get(key, "").split(",")):
+                lo, _, hi = rng.partition("-")
+                allowed.append(rng)
+                try:
+                    if ipaddress.ip_address(lo) <= addr <= ipaddress.ip_address(hi or lo):
+                        return
+                except TypeError:  # mixed families
+                    continue
+        for key in ("ipv4.routes", "ipv6.routes"):
+            for cidr in filter(None, ucfg.get(key, "").split(",")):
+                allowed.append(cidr)
+                if addr in ipaddress.ip_network(cidr, strict=False):
+                    return
+        raise ValueError(f"{field}.ovn.listenAddress: {address} is not in the uplink {uplink!r} ipv4.ovn.ranges or "
+                         f"ipv4.routes ({', '.join(allowed) or 'none set'})")
 
     def check_vip(self, field: str, vip: str, network: str) -> int:
         """The VIP must sit in the bridge's subnet, outside its DHCP range. Returns the prefix length."""

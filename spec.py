@@ -28,7 +28,14 @@ NAMESPACE = "cplb"
 TOP_LEVEL_KEYS = ("incus", "instanceGroups", "loadBalancers")
 #: Strategies the schema knows, and the ones this version can build.
 STRATEGIES = ("lxc", "oci", "ovn", "keepalived", "dns", "external")
-IMPLEMENTED_STRATEGIES = ("lxc",)
+IMPLEMENTED_STRATEGIES = ("lxc", "oci", "ovn", "external")
+#: What each strategy can balance; enforced at preview (docs/strategies.md has the table).
+CAPABILITIES = {
+    "lxc": {"protocols": ("TCP",)},
+    "oci": {"protocols": ("TCP",)},
+    "ovn": {"protocols": ("TCP", "UDP")},
+    "external": {"protocols": ("TCP", "UDP", "SCTP")},
+}
 
 # --- safe scalar types ---------------------------------------------------------------------------------
 
@@ -126,6 +133,9 @@ class InstanceSpec(Model):
         None, alias="instanceType", description="Incus instance type, e.g. `c1-m1`.", pattern=r"^[a-z0-9.-]+$"
     )
     target: Optional[IncusName] = Field(None, description="Cluster member to place the instance on.")
+    network: Optional[IncusName] = Field(
+        None, description="Network of eth0; default `cplb:incus.network` (an OVN network for `ovn` backends)."
+    )
 
 
 class InstanceGroupSpec(Model):
@@ -248,6 +258,72 @@ class LxcSpec(Model):
         return self
 
 
+class OciSpec(Model):
+    """`type: oci`: haproxy as an OCI application container (needs the `instance_oci` API extension)."""
+
+    registry: str = Field("https://docker.io", description="OCI registry URL.",
+                          pattern=r"^https://[A-Za-z0-9.-]+(:\d+)?$")
+    image: str = Field("library/haproxy:lts", description="Image reference in the registry.",
+                       pattern=r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?(@sha256:[a-f0-9]{64})?$")
+    profiles: list[IncusName] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+
+
+class OvnSpec(Model):
+    """`type: ovn`: an Incus network load balancer on an OVN network."""
+
+    network_name: IncusName = Field(alias="networkName", description="The OVN network of the backends.")
+    listen_address: IpAddress = Field(
+        alias="listenAddress",
+        description="Address of the balancer: inside the uplink's ipv4.ovn.ranges or ipv4.routes.",
+    )
+
+
+class KubeVipSpec(Model):
+    """A kube-vip static pod (ARP mode) rendered onto the control-plane instances."""
+
+    vip: IpAddress = Field(description="The VIP kube-vip announces; must be the endpoint's host.")
+    interface: str = Field("eth0", pattern=r"^[a-z][a-z0-9.-]{0,14}$")
+    path: str = Field("/etc/kubernetes/manifests/kube-vip.yaml", pattern=r"^/[A-Za-z0-9._/-]+\.ya?ml$")
+    image: str = Field("ghcr.io/kube-vip/kube-vip:v0.8.9", pattern=r"^[a-z0-9][a-z0-9._/:-]*$")
+    lease_duration_seconds: int = Field(5, alias="leaseDurationSeconds", ge=1, le=300,
+                                        description="vip_leaseduration (kube-vip default 5).")
+    renew_deadline_seconds: int = Field(3, alias="renewDeadlineSeconds", ge=1, le=300,
+                                        description="vip_renewdeadline (kube-vip default 3).")
+    retry_period_seconds: int = Field(1, alias="retryPeriodSeconds", ge=1, le=300,
+                                      description="vip_retryperiod (kube-vip default 1).")
+
+    @model_validator(mode="after")
+    def _timings(self):
+        if not self.lease_duration_seconds > self.renew_deadline_seconds > self.retry_period_seconds:
+            raise ValueError("leader election needs leaseDurationSeconds > renewDeadlineSeconds > retryPeriodSeconds")
+        return self
+
+
+class ExternalSpec(Model):
+    """`type: external`: nothing provisioned; the user's endpoint is validated and published."""
+
+    endpoint: str = Field(description="host:port of the endpoint (an IP or a DNS name).",
+                          pattern=r"^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}$")
+    kube_vip: Optional[KubeVipSpec] = Field(None, alias="kubeVip")
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint.rsplit(":", 1)[1])
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"endpoint port {self.port} is outside 1-65535")
+        if self.kube_vip and self.kube_vip.vip != self.host:
+            raise ValueError(f"kubeVip.vip {self.kube_vip.vip} must be the endpoint's host ({self.host})")
+        return self
+
+
 class DrainSpec(Model):
     timeout_seconds: int = Field(30, alias="timeoutSeconds", ge=0, le=3600)
 
@@ -275,6 +351,9 @@ class LoadBalancerSpec(Model):
     stats: StatsSpec = Field(default_factory=StatsSpec)
     drain: DrainSpec = Field(default_factory=DrainSpec)
     lxc: Optional[LxcSpec] = None
+    oci: Optional[OciSpec] = None
+    ovn: Optional[OvnSpec] = None
+    external: Optional[ExternalSpec] = None
 
     @field_validator("type")
     @classmethod
@@ -294,12 +373,15 @@ class LoadBalancerSpec(Model):
         keys = [(p.protocol, p.port) for p in self.ports]
         if len(keys) != len(set(keys)):
             raise ValueError("two ports listen on the same protocol and port")
-        if self.type == "lxc":
-            for i, p in enumerate(self.ports):
-                if p.protocol != "TCP":
-                    raise ValueError(f"ports[{i}].protocol: the lxc strategy (haproxy) balances TCP only")
-            if len(self.ip_families) != len(set(self.ip_families)):
-                raise ValueError("ipFamilies has duplicates")
+        allowed = CAPABILITIES.get(self.type, {}).get("protocols", ())
+        for i, p in enumerate(self.ports):
+            if p.protocol not in allowed:
+                raise ValueError(f"ports[{i}].protocol: the {self.type} strategy balances {'/'.join(allowed)} only, "
+                                 f"not {p.protocol}")
+        if len(self.ip_families) != len(set(self.ip_families)):
+            raise ValueError("ipFamilies has duplicates")
+        if self.type in ("ovn", "external") and getattr(self, self.type) is None:
+            raise ValueError(f"type {self.type!r} needs its `{self.type}` section")
         sections = [s for s in STRATEGIES if getattr(self, s, None) is not None and s != self.type]
         if sections:
             raise ValueError(f"section `{sections[0]}` does not apply to type {self.type!r}")

@@ -45,10 +45,10 @@ class StackContext:
             return pulumi.Output.secret({"clientKey": self.incus.client_key})
         return {}
 
-    def devices(self) -> dict:
+    def devices(self, network: Optional[str] = None) -> dict:
         return {
             "root": {"type": "disk", "path": "/", "pool": self.incus.storage_pool},
-            "eth0": {"type": "nic", "name": "eth0", "network": self.incus.network},
+            "eth0": {"type": "nic", "name": "eth0", "network": network or self.incus.network},
         }
 
 

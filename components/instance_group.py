@@ -36,7 +36,7 @@ class InstanceGroup(pulumi.ComponentResource):
                 owner_id=f"group/{spec.name}",
                 profiles=spec.instance.profiles,
                 config=instance_config(spec.instance, spec.labels),
-                devices=ctx.devices(),
+                devices=ctx.devices(spec.instance.network),
                 instance_type=spec.instance.instance_type,
                 target=spec.instance.target,
                 opts=pulumi.ResourceOptions(parent=self),

@@ -58,8 +58,23 @@ def render_haproxy(stack: str, lb: LoadBalancerSpec, backends: list[_RenderedBac
 
 
 class HaproxyLoadBalancer(pulumi.ComponentResource):
+    """The `lxc` strategy. Subclasses change how the haproxy instance is made (see `oci`)."""
+
+    TYPE = "cplb:lb:LxcLoadBalancer"
+    CONFIG_PATH = HAPROXY_CFG
+    RELOAD = HAPROXY_RELOAD
+
+    def instance_source(self, args: LoadBalancerArgs) -> dict:
+        """Instance keyword arguments that say what the instance is made from."""
+        spec = args.spec.lxc_spec.instance
+        return {
+            "image": spec.image,
+            "image_fingerprint": args.facts.image_fingerprint(f"{args.field}.lxc.instanceSpec.image", spec.image),
+            "profiles": spec.profiles, "instance_type": spec.instance_type, "target": spec.target,
+        }
+
     def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
-        super().__init__("cplb:lb:LxcLoadBalancer", name, None, opts)
+        super().__init__(self.TYPE, name, None, opts)
         ctx, lb, facts = args.ctx, args.spec, args.facts
         lxc = lb.lxc_spec
         ha = lxc.replicas > 1
@@ -77,19 +92,15 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
             self.instances.append(Instance(
                 f"{name}-haproxy-{n}",
                 name=ctx.object_name(lb.name, "haproxy", str(n)),
-                image=lxc.instance.image,
-                image_fingerprint=facts.image_fingerprint(f"{args.field}.lxc.instanceSpec.image", lxc.instance.image),
                 connection=ctx.connection,
                 credentials=ctx.credentials,
                 owner_stack=ctx.stack,
                 owner_id=f"lb/{lb.name}",
-                profiles=lxc.instance.profiles,
                 config=instance_config(lxc.instance, labels),
-                devices=ctx.devices(),
-                instance_type=lxc.instance.instance_type,
-                target=lxc.instance.target,
+                devices=ctx.devices(lxc.instance.network),
                 ignore_addresses=[lxc.vip] if ha else [],
                 opts=child,
+                **self.instance_source(args),
             ))
 
         backends = args.backends
@@ -102,9 +113,9 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
         for n, inst in enumerate(self.instances, start=1):
             self.files.append(InstanceFile(
                 f"{name}-haproxy-cfg-{n}",
-                instance=inst.name, instance_uuid=inst.uuid, path=HAPROXY_CFG, content=haproxy_cfg,
+                instance=inst.name, instance_uuid=inst.uuid, path=self.CONFIG_PATH, content=haproxy_cfg,
                 connection=ctx.connection, credentials=ctx.credentials,
-                validate_command=HAPROXY_VALIDATE, reload_command=HAPROXY_RELOAD, opts=child,
+                validate_command=HAPROXY_VALIDATE, reload_command=self.RELOAD, opts=child,
             ))
             if ha:
                 conf = render(
@@ -132,7 +143,7 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
         files_done = pulumi.Output.all(*[f.content_hash for f in self.files])
         self.outputs = pulumi.Output.all(self.endpoint, addresses, resolved, files_done).apply(
             lambda v: {
-                "type": "lxc",
+                "type": lb.type,
                 "endpoint": v[0],
                 "addresses": v[1],
                 "mode": "vrrp" if ha else "single",

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from components import oci as oci_strategy
+from components import ovn as ovn_strategy
 from components.common import StackContext
+from components.external import ExternalLoadBalancer
 from components.lxc import HaproxyLoadBalancer, LoadBalancerArgs
+from components.oci import OciLoadBalancer
+from components.ovn import OvnLoadBalancer
 from facts import Facts
 from spec import LoadBalancerSpec, StackSpec
 
-COMPONENTS = {"lxc": HaproxyLoadBalancer}
+COMPONENTS = {
+    "lxc": HaproxyLoadBalancer,
+    "oci": OciLoadBalancer,
+    "ovn": OvnLoadBalancer,
+    "external": ExternalLoadBalancer,
+}
 
 
 def check_all(ctx: StackContext, stack: StackSpec, facts: Facts) -> None:
@@ -17,11 +27,20 @@ def check_all(ctx: StackContext, stack: StackSpec, facts: Facts) -> None:
         facts.image_fingerprint(f"cplb:instanceGroups[{i}].instance.image", g.instance.image)
     for i, lb in enumerate(stack.load_balancers):
         field = f"cplb:loadBalancers[{i}]"
-        if lb.type == "lxc":
+        if lb.type in ("lxc", "oci"):
             ctx.object_name(lb.name, "haproxy", str(lb.lxc_spec.replicas))
+        if lb.type == "lxc":
             facts.image_fingerprint(f"{field}.lxc.instanceSpec.image", lb.lxc_spec.instance.image)
             if lb.lxc_spec.replicas > 1:
                 facts.check_vip(f"{field}.lxc.vip", lb.lxc_spec.vip, ctx.incus.network)
+        elif lb.type == "oci":
+            facts.require_extensions(f"{field}.type (oci)", *oci_strategy.REQUIRED_EXTENSIONS)
+        elif lb.type == "ovn":
+            facts.require_extensions(f"{field}.type (ovn)", *ovn_strategy.REQUIRED_EXTENSIONS)
+            facts.check_ovn_listen_address(field, lb.ovn.network_name, lb.ovn.listen_address)
+        elif lb.type == "external" and lb.external.kube_vip and lb.effective_targets().addresses:
+            raise ValueError(f"{field}.external.kubeVip: kube-vip is pushed to control-plane instances; "
+                             "select them with `targets.selector`, not `targets.addresses`")
 
 
 def build(name: str, ctx: StackContext, lb: LoadBalancerSpec, field: str, facts: Facts, backends):

@@ -30,6 +30,7 @@ class Backend:
     address: Any
     uuid: Any = ""
     source: str = "address"  # address | instance | stack-instance
+    resource: Any = None  # the Instance resource, for instances this stack creates
 
     def __post_init__(self):
         if not _SAFE_NAME.match(self.name):
@@ -54,7 +55,7 @@ def resolve(lb: LoadBalancerSpec, field: str, facts: Facts, stack: str, stack_in
     backends: list[Backend] = []
     for name, (labels, resource) in sorted(stack_instances.items()):
         if selector_matches(selector, labels) and not is_disabled(labels):
-            backends.append(Backend(name, resource.address, resource.uuid, "stack-instance"))
+            backends.append(Backend(name, resource.address, resource.uuid, "stack-instance", resource))
     for inst in facts.instances():
         if inst.name in stack_instances or inst.owner_stack == stack and (inst.owner_id or "").startswith("lb/"):
             continue  # ours: either declared above or a balancer's own instance

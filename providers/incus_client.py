@@ -116,7 +116,7 @@ class IncusClient:
                 ok=(200, 201, 202), what: str = "") -> Any:
         """One HTTP request to /1.0/<path>; returns the response (raises IncusError on failure)."""
         session = self.api.session
-        url = f"{self.api._api_endpoint}/{path.lstrip('/')}"
+        url = f"{self.api._api_endpoint}/{path.lstrip('/')}".rstrip("/")
         params = dict(params or {})
         params.setdefault("project", self.conn.project)
         try:

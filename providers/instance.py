@@ -26,7 +26,7 @@ from providers.incus_client import Connection, IncusError, addresses_of, client_
 
 OWNER_STACK = "user.cplb.stack"
 OWNER_ID = "user.cplb.owner"
-REPLACE_KEYS = ("name", "image", "imageFingerprint", "instanceType", "target", "project")
+REPLACE_KEYS = ("name", "image", "imageFingerprint", "instanceType", "target", "project", "oci")
 UPDATE_KEYS = ("config", "profiles", "devices", "running")
 # Config keys Incus manages itself; they are kept when we rewrite the config.
 SERVER_OWNED_PREFIXES = ("volatile.", "image.")
@@ -41,6 +41,28 @@ def desired_config(props: dict) -> dict[str, str]:
     config[OWNER_STACK] = props["ownerStack"]
     config[OWNER_ID] = props["ownerId"]
     return config
+
+
+def create_request(props: dict) -> dict[str, Any]:
+    """The body of POST /1.0/instances. `oci` set: an OCI application container from a registry
+    (needs the server's `instance_oci` extension); else a system container from a local image alias."""
+    oci = props.get("oci") or {}
+    if oci:
+        source = {"type": "image", "protocol": "oci", "server": oci["registry"], "alias": oci["image"]}
+    else:
+        source = {"type": "image", "alias": props["image"]}
+    body: dict[str, Any] = {
+        "name": props["name"],
+        "type": "container",
+        "source": source,
+        "profiles": list(props.get("profiles") or []),
+        "config": desired_config(props),
+        "devices": props.get("devices") or {},
+        "start": False,
+    }
+    if props.get("instanceType"):
+        body["instance_type"] = props["instanceType"]
+    return body
 
 
 def check_owner(inst: dict, props: dict) -> None:
@@ -89,19 +111,9 @@ class InstanceProvider(ResourceProvider):
             check_owner(existing, props)  # ours, left by an interrupted `up`: adopt it
             self._converge(client, name, props)
         else:
-            body: dict[str, Any] = {
-                "name": name,
-                "type": "container",
-                "source": {"type": "image", "alias": props["image"]},
-                "profiles": list(props.get("profiles") or []),
-                "config": desired_config(props),
-                "devices": props.get("devices") or {},
-                "start": False,
-            }
-            if props.get("instanceType"):
-                body["instance_type"] = props["instanceType"]
             params = {"target": props["target"]} if props.get("target") else None
-            client.call("POST", "instances", json=body, params=params, what=f"create instance {name}")
+            client.call("POST", "instances", json=create_request(props), params=params,
+                        what=f"create instance {name}")
         inst = client.get_instance(name) or {}
         if inst.get("status") != "Running":
             client.set_state(name, "start")
@@ -140,7 +152,8 @@ class InstanceProvider(ResourceProvider):
         return ReadResult(id_=id_, outs=instance_outputs(observed, inst))
 
     def diff(self, _id, olds, news):
-        replaces = [k for k in REPLACE_KEYS if _norm(olds.get(k)) != _norm(news.get(k))]
+        # Absent, empty and null are the same (states written before a key existed have none).
+        replaces = [k for k in REPLACE_KEYS if _norm(olds.get(k) or None) != _norm(news.get(k) or None)]
         if (olds.get("connection") or {}).get("project") != (news.get("connection") or {}).get("project"):
             replaces.append("connection")
         updates = [k for k in UPDATE_KEYS if _norm(olds.get(k)) != _norm(news.get(k))]
@@ -182,6 +195,8 @@ def _norm(value: Any) -> Any:
         return [_norm(v) for v in value]
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value if isinstance(value, (bool, int, float)) else str(value)
 
 
@@ -215,6 +230,7 @@ class Instance(pulumi.dynamic.Resource, module="incus", name="Instance"):
         target: Optional[str] = None,
         ignore_addresses: Optional[list] = None,
         image_fingerprint: Optional[str] = None,
+        oci: Optional[dict] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         props = {
@@ -231,6 +247,7 @@ class Instance(pulumi.dynamic.Resource, module="incus", name="Instance"):
             "target": target,
             "ignoreAddresses": ignore_addresses or [],
             "running": True,
+            "oci": oci or {},
             "imageFingerprint": image_fingerprint or "",
             "project": connection.get("project", "default"),
             # outputs

@@ -43,12 +43,12 @@ def request_body(props: dict) -> dict[str, Any]:
         "config": config,
         "backends": [
             {"name": b["name"], "description": b.get("description", ""), "target_address": b["address"],
-             "target_port": str(b["port"])}
+             "target_port": str(int(float(b["port"])))}
             for b in props.get("backends") or []
         ],
         "ports": [
             {"description": p.get("description", ""), "protocol": p["protocol"].lower(),
-             "listen_port": str(p["listenPort"]), "target_backend": list(p["targetBackends"])}
+             "listen_port": str(int(float(p["listenPort"]))), "target_backend": list(p["targetBackends"])}
             for p in props.get("ports") or []
         ],
     }
@@ -157,6 +157,9 @@ class NetworkLoadBalancerProvider(ResourceProvider):
 
 
 def _plain(value):
+    # Numbers come back from the engine as floats: 6443 and 6443.0 are the same port.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -211,3 +211,14 @@ class Load:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
+
+
+def service_down(instance: str, service: str) -> None:
+    """Stop a service in one of the project's images and keep it down (see cplb-service)."""
+    rc, out, err = incus().exec(instance, ["sh", "-c", f"touch /run/cplb-service.{service}.down; "
+                                           f"kill $(pidof nginx haproxy keepalived 2>/dev/null) 2>/dev/null; true"])
+    assert rc == 0, err
+
+
+def service_up(instance: str, service: str) -> None:
+    incus().exec(instance, ["rm", "-f", f"/run/cplb-service.{service}.down"])

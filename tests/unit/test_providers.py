@@ -64,3 +64,64 @@ def test_diff_without_change_is_empty():
 def test_socket_path_change_alone_is_not_a_change():
     d = InstanceProvider().diff("s-g-1", BASE, {**BASE, "connection": {"project": "default", "socket": "/x"}})
     assert d.changes is False
+
+
+def test_oci_create_request():
+    from providers.instance import create_request
+
+    body = create_request({
+        "name": "s-api-haproxy-1", "image": "oci:library/haproxy:lts",
+        "oci": {"registry": "https://docker.io", "image": "library/haproxy:lts"},
+        "profiles": [], "config": {"limits.memory": "128MiB"}, "devices": {"eth0": {"type": "nic"}},
+        "ownerStack": "s", "ownerId": "lb/api",
+    })
+    assert body["source"] == {"type": "image", "protocol": "oci", "server": "https://docker.io",
+                              "alias": "library/haproxy:lts"}
+    assert body["type"] == "container" and body["start"] is False
+    assert body["config"]["user.cplb.stack"] == "s" and body["config"]["user.cplb.owner"] == "lb/api"
+    assert body["config"]["limits.memory"] == "128MiB"
+
+
+def test_local_image_create_request():
+    from providers.instance import create_request
+
+    body = create_request({"name": "s-g-1", "image": "cplb/haproxy", "ownerStack": "s", "ownerId": "group/g"})
+    assert body["source"] == {"type": "image", "alias": "cplb/haproxy"}
+
+
+def test_missing_extensions_are_named():
+    import facts
+    from spec import IncusSpec
+
+    f = facts.Facts(IncusSpec())
+    f._extensions = {"network_load_balancer"}
+
+    class FakeClient:
+        def server(self):
+            return {"environment": {"server_version": "6.0.4"}}
+
+    f._client = FakeClient()
+    with pytest.raises(ValueError) as exc:
+        f.require_extensions("cplb:loadBalancers[0].type (ovn)", "network_load_balancer",
+                             "network_load_balancer_health_check")
+    assert "network_load_balancer_health_check" in str(exc.value)
+    assert "cplb:loadBalancers[0].type" in str(exc.value)
+
+
+def test_network_lb_request_and_diff():
+    from providers.network_lb import NetworkLoadBalancerProvider, request_body
+
+    props = {"network": "ovn0", "listenAddress": "198.18.20.200", "ownerStack": "s", "ownerId": "lb/api",
+             "config": {"healthcheck": "true"},
+             "backends": [{"name": "a", "address": "198.18.21.2", "port": 6443.0}],
+             "ports": [{"protocol": "TCP", "listenPort": 6443.0, "targetBackends": ["a"]}]}
+    body = request_body(props)
+    assert body["backends"][0]["target_port"] == "6443" and body["ports"][0]["listen_port"] == "6443"
+    assert body["ports"][0]["protocol"] == "tcp" and body["config"]["user.cplb.stack"] == "s"
+    p = NetworkLoadBalancerProvider()
+    same = {**props, "backends": [{"name": "a", "address": "198.18.21.2", "port": 6443}]}
+    assert p.diff("x", props, same).changes is False
+    more = {**props, "backends": props["backends"] + [{"name": "b", "address": "198.18.21.3", "port": 6443}]}
+    d = p.diff("x", props, more)
+    assert d.changes and not d.replaces
+    assert p.diff("x", props, {**props, "listenAddress": "198.18.20.201"}).replaces == ["listenAddress"]

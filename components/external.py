@@ -1,0 +1,49 @@
+"""The `external` strategy: nothing is provisioned; the user's endpoint is validated and published.
+
+With `external.kubeVip`, a kube-vip static pod manifest (ARP mode) is rendered and pushed to every
+control-plane instance picked by the targets, at `kubeVip.path`, so the kubelet there runs kube-vip.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pulumi
+
+from components.lxc import LoadBalancerArgs
+from components.render import render
+from providers.instance_file import InstanceFile
+
+
+class ExternalLoadBalancer(pulumi.ComponentResource):
+    def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("cplb:lb:ExternalLoadBalancer", name, None, opts)
+        ctx, lb = args.ctx, args.spec
+        ext = lb.external
+        self.files: list[InstanceFile] = []
+        kv = ext.kube_vip
+        if kv:
+            manifest = render(
+                "kube-vip.yaml.j2", stack=ctx.stack, lb_name=lb.name, vip=kv.vip, interface=kv.interface,
+                cidr="128" if ":" in kv.vip else "32", port=str(ext.port), image=kv.image,
+                lease_duration=str(kv.lease_duration_seconds), renew_deadline=str(kv.renew_deadline_seconds),
+                retry_period=str(kv.retry_period_seconds),
+            )
+            for target in args.backends:
+                self.files.append(InstanceFile(
+                    f"{name}-kube-vip-{target.name}",
+                    instance=target.name, instance_uuid=target.uuid, path=kv.path, content=manifest,
+                    connection=ctx.connection, credentials=ctx.credentials, mode="0600",
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[r for r in [target.resource] if r]),
+                ))
+        self.endpoint = pulumi.Output.from_input(ext.endpoint)
+        pushed = pulumi.Output.all(*[f.content_hash for f in self.files])
+        self.outputs = pulumi.Output.all(pushed).apply(lambda _: {
+            "type": "external",
+            "endpoint": ext.endpoint,
+            "addresses": [ext.host],
+            "kubeVip": {"vip": kv.vip, "path": kv.path, "instances": [t.name for t in args.backends]} if kv else None,
+            "backends": [],
+        })
+        self.routing = pulumi.Output.from_input({"destinations": []})
+        self.register_outputs({"endpoint": self.endpoint})

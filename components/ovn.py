@@ -1,0 +1,72 @@
+"""The `ovn` strategy: an Incus network load balancer on an OVN network, health-checked by OVN itself.
+
+No balancer instance: OVN balances in the datapath of every chassis. One backend per target (and per port
+when ports use different target ports); backend changes update the balancer in place.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pulumi
+
+from components.lxc import LoadBalancerArgs
+from providers.network_lb import NetworkLoadBalancer
+
+REQUIRED_EXTENSIONS = ("network_load_balancer", "network_load_balancer_health_check")
+
+
+def health_config(hc) -> dict:
+    return {
+        "healthcheck": "true",
+        "healthcheck.interval": str(hc.interval_seconds),
+        "healthcheck.timeout": str(hc.timeout_seconds),
+        "healthcheck.failure_count": str(hc.fall),
+        "healthcheck.success_count": str(hc.rise),
+    }
+
+
+class OvnLoadBalancer(pulumi.ComponentResource):
+    def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("cplb:lb:OvnLoadBalancer", name, None, opts)
+        ctx, lb = args.ctx, args.spec
+        ovn = lb.ovn
+        per_port = len({p.backend_port for p in lb.ports}) > 1
+        targets = args.backends
+        names = [b.name for b in targets]
+
+        def backend_rows(addresses):
+            rows = []
+            for port in lb.ports:
+                for n, a in zip(names, addresses):
+                    if a:
+                        rows.append({"name": f"{n}-{port.name}" if per_port else n, "address": a,
+                                     "port": port.backend_port, "portName": port.name})
+            # One backend per name (ports sharing a target port share the backend).
+            return list({r["name"]: r for r in rows}.values())
+
+        backends = pulumi.Output.all(*[b.address for b in targets]).apply(backend_rows)
+        ports = [{"protocol": p.protocol, "listenPort": p.port,
+                  "targetBackends": [f"{n}-{p.name}" if per_port else n for n in names]} for p in lb.ports]
+        self.balancer = NetworkLoadBalancer(
+            f"{name}-nlb",
+            network=ovn.network_name, listen_address=ovn.listen_address,
+            backends=backends.apply(lambda rows: [{k: r[k] for k in ("name", "address", "port")} for r in rows]),
+            ports=ports, config=health_config(lb.health_check),
+            connection=ctx.connection, credentials=ctx.credentials,
+            owner_stack=ctx.stack, owner_id=f"lb/{lb.name}",
+            description=f"incus-cplb {ctx.stack}/{lb.name}",
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        host = f"[{ovn.listen_address}]" if ":" in ovn.listen_address else ovn.listen_address
+        self.endpoint = pulumi.Output.from_input(f"{host}:{lb.ports[0].port}")
+        self.outputs = pulumi.Output.all(backends, self.balancer.health).apply(lambda v: {
+            "type": "ovn",
+            "endpoint": f"{host}:{lb.ports[0].port}",
+            "addresses": [ovn.listen_address],
+            "backends": [{**r, "health": (v[1] or {}).get(r["name"], "unknown")} for r in v[0]],
+        })
+        self.routing = pulumi.Output.all(*[pulumi.Output.all(b.name, b.address, b.uuid) for b in targets]).apply(
+            lambda rows: {"destinations": [{"name": r[0], "address": r[1], "uuid": r[2]} for r in rows if r[1]]}
+        )
+        self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})
