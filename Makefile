@@ -32,3 +32,4 @@ unit:
 # Benchmarks print their figures and append them, dated, to docs/benchmarks.md.
 bench: setup
 	@.venv/bin/python bench/lxc.py --record
+	@.venv/bin/python bench/ovn.py --record

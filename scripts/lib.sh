@@ -38,4 +38,27 @@ step() {
     fi
 }
 
+incus_answers() { timeout 5 incus query /1.0 >/dev/null 2>&1; }
+
+start_incusd() {
+    mkdir -p /var/log/incus
+    # No systemd here: start the daemon the way incus.service would, detached from this shell.
+    PATH=/usr/libexec/incus:$PATH setsid nohup /usr/libexec/incus/incusd --group incus-admin \
+        --logfile=/var/log/incus/incus.log >/var/log/incus/incusd.out 2>&1 < /dev/null &
+    /usr/libexec/incus/incusd waitready --timeout=60
+    incus_answers
+    echo "incusd $(incus version | awk '/Server/ {print $3}') answering"
+}
+
+# Restart the daemon without stopping instances (SIGTERM leaves them running; SIGPWR would stop them).
+restart_incusd() {
+    local pid
+    pid=$(pgrep -f "^/usr/libexec/incus/incusd --group" || true)
+    if [ -n "$pid" ]; then
+        kill -TERM $pid
+        for _ in $(seq 1 100); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+    fi
+    start_incusd
+}
+
 die() { echo "error: $*" >&2; exit 1; }

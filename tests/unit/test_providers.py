@@ -15,13 +15,20 @@ class Mocks(pulumi.runtime.Mocks):
         return {}
 
 
-def test_instance_resource_pickles_under_mocks():
+def test_every_dynamic_resource_pickles_under_mocks():
+    from providers.instance_file import InstanceFile, InstanceFileProvider
+    from providers.network_lb import NetworkLoadBalancer, NetworkLoadBalancerProvider
+
     pulumi.runtime.set_mocks(Mocks(), preview=False)
-    # Constructing the resource serializes its provider with dill, as a real `up` does.
-    Instance("x", name="s-x-1", image="cplb/demo-apiserver", connection={"socket": "/nonexistent"},
-             owner_stack="s", owner_id="group/x")
-    blob = dill.dumps(InstanceProvider(), recurse=True)
-    assert isinstance(dill.loads(blob), InstanceProvider)
+    conn = {"socket": "/nonexistent"}
+    # Constructing a resource serializes its provider with dill, as a real `up` does.
+    Instance("x", name="s-x-1", image="cplb/demo-apiserver", connection=conn, owner_stack="s", owner_id="group/x")
+    InstanceFile("f", instance="s-x-1", instance_uuid="u", path="/etc/x", content="x", connection=conn)
+    NetworkLoadBalancer("n", network="ovn0", listen_address="198.18.20.200", backends=[], ports=[], config={},
+                        connection=conn, owner_stack="s", owner_id="lb/x")
+    for provider in (InstanceProvider(), InstanceFileProvider(), NetworkLoadBalancerProvider()):
+        blob = dill.dumps(provider, recurse=True)
+        assert type(dill.loads(blob)) is type(provider)
 
 
 def test_provider_construction_has_no_side_effects(monkeypatch):
