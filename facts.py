@@ -97,6 +97,27 @@ class Facts:
             self._instances = out
         return self._instances
 
+    def vip_holders(self, vips: list[str]) -> dict[str, str]:
+        """Which instance has each VIP on its interface right now (None when no one does)."""
+        out: dict[str, str] = {}
+        for inst in self.instances():
+            for addr in inst.ipv4 + inst.ipv6:
+                if addr in vips:
+                    out.setdefault(addr, inst.name)
+        return out
+
+    def nodes_have_ipvs(self, names: list[str]) -> bool:
+        """IPVS is there when the nodes see /proc/net/ip_vs (the kernel's ip_vs is loaded for their netns).
+        Nodes that do not exist yet cannot tell: then no (the userspace proxy works everywhere)."""
+        running = [i.name for i in self.instances() if i.name in names and i.status == "Running"]
+        if not running:
+            return False
+        for name in running:
+            rc, _, _ = self.client.exec(name, ["test", "-e", "/proc/net/ip_vs"])
+            if rc != 0:
+                return False
+        return True
+
     def image_fingerprint(self, field: str, alias: str) -> str:
         """The fingerprint behind a local image alias; a rebuilt image means new instances."""
         try:
@@ -145,8 +166,9 @@ class Facts:
         raise ValueError(f"{field}.ovn.listenAddress: {address} is not in the uplink {uplink!r} ipv4.ovn.ranges or "
                          f"ipv4.routes ({', '.join(allowed) or 'none set'})")
 
-    def check_vip(self, field: str, vip: str, network: str) -> int:
-        """The VIP must sit in the bridge's subnet, outside its DHCP range. Returns the prefix length."""
+    def check_vip(self, field: str, vip: str, network: str, prefix: Optional[int] = None) -> int:
+        """The VIP must sit in the bridge's subnet, outside its DHCP range. Returns the prefix length.
+        `prefix`: the VIP's own prefix length, which must be the subnet's (keepalived puts it on the interface)."""
         cfg = (self.network(network) or {}).get("config") or {}
         cidr = cfg.get("ipv4.address", "")
         if not cidr or cidr == "none":
@@ -156,6 +178,8 @@ class Facts:
         if addr not in iface.network or addr in (iface.ip, iface.network.network_address,
                                                  iface.network.broadcast_address):
             raise ValueError(f"{field}: {vip} is not a free host address of {network}'s subnet {iface.network}")
+        if prefix is not None and prefix != iface.network.prefixlen:
+            raise ValueError(f"{field}: {vip}/{prefix} does not match the interface's subnet {iface.network}")
         for rng in filter(None, cfg.get("ipv4.dhcp.ranges", "").split(",")):
             lo, _, hi = rng.partition("-")
             if ipaddress.ip_address(lo) <= addr <= ipaddress.ip_address(hi or lo):

@@ -28,14 +28,16 @@ NAMESPACE = "cplb"
 TOP_LEVEL_KEYS = ("incus", "instanceGroups", "loadBalancers")
 #: Strategies the schema knows, and the ones this version can build.
 STRATEGIES = ("lxc", "oci", "ovn", "keepalived", "dns", "external")
-IMPLEMENTED_STRATEGIES = ("lxc", "oci", "ovn", "external")
+IMPLEMENTED_STRATEGIES = ("lxc", "oci", "ovn", "external", "keepalived")
 #: What each strategy can balance; enforced at preview (docs/strategies.md has the table).
 CAPABILITIES = {
     "lxc": {"protocols": ("TCP",)},
     "oci": {"protocols": ("TCP",)},
     "ovn": {"protocols": ("TCP", "UDP")},
     "external": {"protocols": ("TCP", "UDP", "SCTP")},
+    "keepalived": {"protocols": ("TCP",)},
 }
+AUTH_PASS_PATTERN = r"^[A-Za-z0-9!@%^&*()_+=:,.<>?/~-]+$"
 
 # --- safe scalar types ---------------------------------------------------------------------------------
 
@@ -248,7 +250,7 @@ class LxcSpec(Model):
         None, alias="authPass",
         description="VRRP password shared by the replicas, 1-8 characters (VRRP v2 PASS authentication; "
         "longer is an error, not a silent truncation). Set it with `pulumi config set --secret --path`.",
-        min_length=1, max_length=8, pattern=r"^[A-Za-z0-9!@%^&*()_+=:,.<>?/~-]+$",
+        min_length=1, max_length=8, pattern=AUTH_PASS_PATTERN,
     )
 
     @model_validator(mode="after")
@@ -324,6 +326,96 @@ class ExternalSpec(Model):
         return self
 
 
+def _cidr(value: str) -> str:
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an address with a prefix length (CIDR), e.g. 198.18.10.50/24") from None
+    if "/" not in value:
+        raise ValueError(f"{value!r} has no prefix length: write it as a CIDR, e.g. {value}/24")
+    return str(iface)
+
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
+
+
+class VrrpInstanceSpec(Model):
+    """One VRRP instance (k0s `vrrpInstances[]`): the VIPs the control-plane nodes share."""
+
+    virtual_ips: list[Cidr] = Field(alias="virtualIPs", min_length=1, description="VIPs as CIDRs.")
+    interface: str = Field("eth0", pattern=r"^[a-z][a-z0-9.-]{0,14}$", description="Node interface.")
+    virtual_router_id: Optional[int] = Field(None, alias="virtualRouterID", ge=1, le=255,
+                                             description="1-255; default 51 + the instance's index.")
+    advert_interval_seconds: float = Field(
+        1, alias="advertIntervalSeconds", gt=0, le=255,
+        description="VRRP advertisement interval; fractional values need VRRP version 3 (no authentication).")
+    auth_pass: Optional[str] = Field(
+        None, alias="authPass", min_length=1, max_length=8, pattern=AUTH_PASS_PATTERN,
+        description="1-8 characters (longer is an error, not a silent truncation); set it as a Pulumi secret.")
+    unicast_peers: list[IpAddress] = Field(default_factory=list, alias="unicastPeers")
+    unicast_source_ip: Optional[IpAddress] = Field(None, alias="unicastSourceIP")
+
+    def router_id(self, index: int) -> int:
+        return self.virtual_router_id or 51 + index
+
+    @property
+    def needs_v3(self) -> bool:
+        return not float(self.advert_interval_seconds).is_integer()
+
+    @property
+    def advert_int_text(self) -> str:
+        v = float(self.advert_interval_seconds)
+        return str(int(v)) if v.is_integer() else f"{v:g}"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.virtual_ips) != len(set(self.virtual_ips)):
+            raise ValueError("virtualIPs has duplicates")
+        if self.needs_v3 and self.auth_pass:
+            raise ValueError("a fractional advertIntervalSeconds needs VRRP version 3, which has no authentication: "
+                             "drop authPass or use whole seconds")
+        if bool(self.unicast_peers) != bool(self.unicast_source_ip):
+            raise ValueError("unicastPeers and unicastSourceIP go together")
+        return self
+
+
+class VirtualServerSpec(Model):
+    """k0s `virtualServers[]`: an IPVS virtual server on a VIP (used where the nodes have IPVS)."""
+
+    ip_address: IpAddress = Field(alias="ipAddress")
+    port: Port = 6443
+    delay_loop: str = Field("1m", alias="delayLoop", pattern=r"^\d+(s|m)?$", description="Check interval, e.g. 1m.")
+    lb_algo: Literal["rr", "wrr", "lc", "wlc", "lblc", "dh", "sh", "sed", "nq"] = Field("rr", alias="lbAlgo")
+    lb_kind: Literal["NAT", "DR", "TUN"] = Field("DR", alias="lbKind")
+    persistence_timeout_seconds: int = Field(360, alias="persistenceTimeoutSeconds", ge=1, le=2678400)
+
+    def view(self, default_port: int) -> dict:
+        d = self.delay_loop
+        seconds = int(d[:-1]) * 60 if d.endswith("m") else int(d.rstrip("s"))
+        return {"ip_address": self.ip_address, "port": self.port or default_port, "delay_loop": seconds,
+                "lb_algo": self.lb_algo, "lb_kind": self.lb_kind,
+                "persistence_timeout": self.persistence_timeout_seconds}
+
+
+class KeepalivedSpec(Model):
+    """`type: keepalived`: VRRP VIPs on the control-plane nodes themselves (the k0s CPLB model)."""
+
+    vrrp_instances: list[VrrpInstanceSpec] = Field(alias="vrrpInstances", min_length=1, max_length=16)
+    virtual_servers: list[VirtualServerSpec] = Field(default_factory=list, alias="virtualServers")
+    mode: Literal["auto", "ipvs", "userspace"] = Field(
+        "auto", description="ipvs: keepalived virtual servers; userspace: haproxy on every node; auto: detect IPVS.")
+
+    @model_validator(mode="after")
+    def _unique(self):
+        ids = [vi.router_id(i) for i, vi in enumerate(self.vrrp_instances)]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"vrrpInstances: virtualRouterID values must be unique in a balancer (got {ids})")
+        vips = [v for vi in self.vrrp_instances for v in vi.virtual_ips]
+        if len(vips) != len(set(vips)):
+            raise ValueError("vrrpInstances: the same VIP appears in two VRRP instances")
+        return self
+
+
 class DrainSpec(Model):
     timeout_seconds: int = Field(30, alias="timeoutSeconds", ge=0, le=3600)
 
@@ -354,6 +446,7 @@ class LoadBalancerSpec(Model):
     oci: Optional[OciSpec] = None
     ovn: Optional[OvnSpec] = None
     external: Optional[ExternalSpec] = None
+    keepalived: Optional[KeepalivedSpec] = None
 
     @field_validator("type")
     @classmethod
@@ -380,7 +473,7 @@ class LoadBalancerSpec(Model):
                                  f"not {p.protocol}")
         if len(self.ip_families) != len(set(self.ip_families)):
             raise ValueError("ipFamilies has duplicates")
-        if self.type in ("ovn", "external") and getattr(self, self.type) is None:
+        if self.type in ("ovn", "external", "keepalived") and getattr(self, self.type) is None:
             raise ValueError(f"type {self.type!r} needs its `{self.type}` section")
         sections = [s for s in STRATEGIES if getattr(self, s, None) is not None and s != self.type]
         if sections:
@@ -418,9 +511,18 @@ class StackSpec(Model):
         clash = {g.name for g in self.instance_groups} & {lb.name for lb in self.load_balancers}
         if clash:
             raise ValueError(f"names used by both an instance group and a load balancer: {', '.join(sorted(clash))}")
-        vrids = [lb.lxc_spec.virtual_router_id for lb in self.load_balancers if lb.type == "lxc" and lb.lxc_spec.replicas > 1]
-        if len(vrids) != len(set(vrids)):
-            raise ValueError("loadBalancers: two HA balancers share a virtualRouterID (VRRP would conflict)")
+        vrids: list[tuple[int, str]] = []
+        for lb in self.load_balancers:
+            if lb.type == "lxc" and lb.lxc_spec.replicas > 1:
+                vrids.append((lb.lxc_spec.virtual_router_id, lb.name))
+            if lb.type == "keepalived":
+                vrids += [(vi.router_id(i), lb.name) for i, vi in enumerate(lb.keepalived.vrrp_instances)]
+        seen: dict[int, str] = {}
+        for vrid, owner in vrids:
+            if vrid in seen and seen[vrid] != owner:
+                raise ValueError(f"loadBalancers: virtualRouterID {vrid} is used by both {seen[vrid]!r} and "
+                                 f"{owner!r}; VRRP instances on one network need distinct IDs")
+            seen[vrid] = owner
         return self
 
 

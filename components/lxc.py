@@ -51,7 +51,7 @@ def render_haproxy(stack: str, lb: LoadBalancerSpec, backends: list[_RenderedBac
         "haproxy.cfg.j2",
         stack=stack, lb=lb, hc=lb.health_check, ports=lb.ports, backends=backends,
         # Bind on every address: the VIP comes and goes with VRRP, and the instance's own address works too.
-        bind_address="::" if "IPv6" in lb.ip_families else "0.0.0.0",
+        bind_addresses=["::"] if "IPv6" in lb.ip_families else ["0.0.0.0"],
         bind_opts=" v4v6" if "IPv6" in lb.ip_families else "",
         monitor_port=MONITOR_PORT, drain_seconds=max(lb.drain.timeout_seconds, 1),
     )

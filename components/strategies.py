@@ -6,6 +6,7 @@ from components import oci as oci_strategy
 from components import ovn as ovn_strategy
 from components.common import StackContext
 from components.external import ExternalLoadBalancer
+from components.keepalived import KeepalivedLoadBalancer
 from components.lxc import HaproxyLoadBalancer, LoadBalancerArgs
 from components.oci import OciLoadBalancer
 from components.ovn import OvnLoadBalancer
@@ -17,6 +18,7 @@ COMPONENTS = {
     "oci": OciLoadBalancer,
     "ovn": OvnLoadBalancer,
     "external": ExternalLoadBalancer,
+    "keepalived": KeepalivedLoadBalancer,
 }
 
 
@@ -38,6 +40,14 @@ def check_all(ctx: StackContext, stack: StackSpec, facts: Facts) -> None:
         elif lb.type == "ovn":
             facts.require_extensions(f"{field}.type (ovn)", *ovn_strategy.REQUIRED_EXTENSIONS)
             facts.check_ovn_listen_address(field, lb.ovn.network_name, lb.ovn.listen_address)
+        elif lb.type == "keepalived":
+            if lb.effective_targets().addresses:
+                raise ValueError(f"{field}.targets: keepalived runs on the control-plane instances; select them "
+                                 "with `targets.selector`, not `targets.addresses`")
+            for j, vi in enumerate(lb.keepalived.vrrp_instances):
+                for k, vip in enumerate(vi.virtual_ips):
+                    facts.check_vip(f"{field}.keepalived.vrrpInstances[{j}].virtualIPs[{k}]", vip.split("/")[0],
+                                    ctx.incus.network, prefix=int(vip.split("/")[1]))
         elif lb.type == "external" and lb.external.kube_vip and lb.effective_targets().addresses:
             raise ValueError(f"{field}.external.kubeVip: kube-vip is pushed to control-plane instances; "
                              "select them with `targets.selector`, not `targets.addresses`")

@@ -11,10 +11,36 @@ def lb(**over):
     return {**GOOD_LB, **over}
 
 
+def ka(servers=(), **vrrp):
+    instance = {"virtualIPs": ["198.18.10.50/24"], **vrrp}
+    return lb(type="keepalived", keepalived={"vrrpInstances": [instance], "virtualServers": list(servers)})
+
+
 INVALID = [
     # (values of the cplb namespace, expected key path, expected words in the message)
     ({"loadBalancers": [lb(type="haproxy")]}, "cplb:loadBalancers[0].type", "lxc"),
-    ({"loadBalancers": [lb(type="keepalived")]}, "cplb:loadBalancers[0].type", "not implemented"),
+    ({"loadBalancers": [lb(type="dns")]}, "cplb:loadBalancers[0].type", "not implemented"),
+    ({"loadBalancers": [lb(type="keepalived")]}, "cplb:loadBalancers[0]", "needs its `keepalived` section"),
+    ({"loadBalancers": [ka(authPass="123456789")]}, "cplb:loadBalancers[0].keepalived.vrrpInstances[0].authPass",
+     "at most 8 characters"),
+    ({"loadBalancers": [ka(virtualRouterID=0)]}, "cplb:loadBalancers[0].keepalived.vrrpInstances[0].virtualRouterID",
+     "greater than or equal to 1"),
+    ({"loadBalancers": [ka(virtualRouterID=256)]},
+     "cplb:loadBalancers[0].keepalived.vrrpInstances[0].virtualRouterID", "less than or equal to 255"),
+    ({"loadBalancers": [ka(virtualRouterID=60), {**ka(virtualRouterID=60), "name": "api2"}]}, "cplb:",
+     "virtualRouterID 60 is used by both 'api' and 'api2'"),
+    ({"loadBalancers": [ka(virtualIPs=["198.18.10.50"])]},
+     "cplb:loadBalancers[0].keepalived.vrrpInstances[0].virtualIPs[0]", "no prefix length"),
+    ({"loadBalancers": [ka(virtualIPs=["vip"])]},
+     "cplb:loadBalancers[0].keepalived.vrrpInstances[0].virtualIPs[0]", "not an address with a prefix length"),
+    ({"loadBalancers": [ka(servers=[{"ipAddress": "198.18.10.50", "lbAlgo": "foo"}])]},
+     "cplb:loadBalancers[0].keepalived.virtualServers[0].lbAlgo", "'rr'"),
+    ({"loadBalancers": [ka(servers=[{"ipAddress": "198.18.10.50", "persistenceTimeoutSeconds": 0}])]},
+     "cplb:loadBalancers[0].keepalived.virtualServers[0].persistenceTimeoutSeconds", "greater than or equal to 1"),
+    ({"loadBalancers": [ka(advertIntervalSeconds=0.1, authPass="secret")]},
+     "cplb:loadBalancers[0].keepalived.vrrpInstances[0]", "needs VRRP version 3"),
+    ({"loadBalancers": [ka(virtualIPs=["198.18.10.50/24", "198.18.10.50/24"])]},
+     "cplb:loadBalancers[0].keepalived.vrrpInstances[0]", "duplicates"),
     ({"loadBalancers": [lb(type="ovn")]}, "cplb:loadBalancers[0]", "needs its `ovn` section"),
     ({"loadBalancers": [lb(type="ovn", ovn={"networkName": "n", "listenAddress": "198.18.20.300"})]},
      "cplb:loadBalancers[0].ovn.listenAddress", "not an IPv4"),

@@ -1,0 +1,119 @@
+"""The `keepalived` strategy (the k0s CPLB model): VRRP VIPs on the control-plane nodes themselves.
+
+Each node selected by the targets gets `/etc/keepalived/keepalived.conf` (validated with `keepalived -t`,
+reloaded with SIGHUP). A `track_script` asks the node's own API server, so a VIP leaves a node whose API
+server is down. Virtual servers need the kernel's IPVS: where the nodes have it (`mode: ipvs`) they are
+rendered as keepalived `virtual_server`s; where they do not (`mode: userspace`, these machines), keepalived
+does VRRP only and haproxy on every node listens on VIP:port and balances to all the nodes' API servers.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pulumi
+
+from components.lxc import HAPROXY_CFG, HAPROXY_RELOAD, HAPROXY_VALIDATE, KEEPALIVED_CONF, KEEPALIVED_RELOAD
+from components.lxc import KEEPALIVED_VALIDATE, MONITOR_PORT, LoadBalancerArgs, _RenderedBackend
+from components.render import render
+from providers.instance_file import InstanceFile
+
+CHECKS = {
+    "tcp": "/bin/nc -w 1 127.0.0.1 {port}",
+    "http-healthz": "/bin/wget -q -T 1 -O /dev/null http://127.0.0.1:{port}/healthz",
+    "https-healthz": "/bin/wget -q -T 1 --no-check-certificate -O /dev/null https://127.0.0.1:{port}/healthz",
+}
+
+
+def vrrp_view(lb, nodes_addresses: dict) -> list[dict]:
+    """The VRRP instances as the template needs them (validated values only)."""
+    out = []
+    for i, vi in enumerate(lb.keepalived.vrrp_instances):
+        out.append({
+            "name": f"VI_{lb.name.replace('-', '_')}_{i}",
+            "interface": vi.interface,
+            "virtual_router_id": vi.router_id(i),
+            "advert_int": vi.advert_int_text,
+            "version3": vi.needs_v3,
+            "auth_pass": vi.auth_pass,
+            "unicast_peers": list(vi.unicast_peers),
+            "unicast_source_ip": vi.unicast_source_ip,
+            "virtual_ips": list(vi.virtual_ips),
+        })
+    return out
+
+
+def detect_mode(lb, facts, node_names: list[str]) -> str:
+    wanted = lb.keepalived.mode
+    if wanted != "auto":
+        return wanted
+    return "ipvs" if facts.nodes_have_ipvs(node_names) else "userspace"
+
+
+class KeepalivedLoadBalancer(pulumi.ComponentResource):
+    def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("cplb:lb:KeepalivedLoadBalancer", name, None, opts)
+        ctx, lb, facts = args.ctx, args.spec, args.facts
+        ka = lb.keepalived
+        nodes = args.backends
+        names = [n.name for n in nodes]
+        mode = detect_mode(lb, facts, names)
+        port = lb.ports[0]
+        vips = [v.split("/")[0] for vi in ka.vrrp_instances for v in vi.virtual_ips]
+        check = CHECKS[lb.health_check.mode].format(port=port.backend_port)
+        has_secret = any(vi.auth_pass for vi in ka.vrrp_instances)
+        child = pulumi.ResourceOptions(parent=self)
+
+        addresses = pulumi.Output.all(*[n.address for n in nodes])
+        self.files: list[InstanceFile] = []
+        for i, node in enumerate(nodes):
+            def conf(addrs, i=i, node=node):
+                return render(
+                    "keepalived-node.conf.j2", stack=ctx.stack, lb_name=lb.name, node=node.name,
+                    check_script=check, priority=200 - 10 * min(i, 9),
+                    vrrp_instances=vrrp_view(lb, dict(zip(names, addrs))),
+                    virtual_servers=[vs.view(port.port) for vs in ka.virtual_servers] if mode == "ipvs" else [],
+                    real_servers=[a for a in addrs if a],
+                )
+            content = addresses.apply(conf)
+            deps = [node.resource] if node.resource else []
+            self.files.append(InstanceFile(
+                f"{name}-keepalived-{node.name}",
+                instance=node.name, instance_uuid=node.uuid, path=KEEPALIVED_CONF,
+                content=pulumi.Output.secret(content) if has_secret else content,
+                connection=ctx.connection, credentials=ctx.credentials,
+                validate_command=KEEPALIVED_VALIDATE, reload_command=KEEPALIVED_RELOAD,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=deps),
+            ))
+            if mode == "userspace":
+                haproxy_cfg = addresses.apply(lambda addrs: render(
+                    "haproxy.cfg.j2", stack=ctx.stack, lb=lb, hc=lb.health_check, ports=lb.ports,
+                    backends=[_RenderedBackend(n, a) for n, a in zip(names, addrs) if a],
+                    bind_addresses=vips, bind_opts="", monitor_port=MONITOR_PORT,
+                    drain_seconds=max(lb.drain.timeout_seconds, 1),
+                ))
+                self.files.append(InstanceFile(
+                    f"{name}-haproxy-{node.name}",
+                    instance=node.name, instance_uuid=node.uuid, path=HAPROXY_CFG, content=haproxy_cfg,
+                    connection=ctx.connection, credentials=ctx.credentials,
+                    validate_command=HAPROXY_VALIDATE, reload_command=HAPROXY_RELOAD,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=deps),
+                ))
+
+        holders = facts.vip_holders(vips)
+        self.endpoint = pulumi.Output.from_input(f"{vips[0]}:{port.port}")
+        done = pulumi.Output.all(*[f.content_hash for f in self.files])
+        self.outputs = pulumi.Output.all(addresses, done).apply(lambda v: {
+            "type": "keepalived",
+            "endpoint": f"{vips[0]}:{port.port}",
+            "mode": mode,
+            "vips": vips,
+            # Read when the program ran (`make up` refreshes first): the node holding each VIP then.
+            "holders": {vip: holders.get(vip) for vip in vips},
+            "addresses": [a for a in v[0] if a],
+            "backends": [{"name": n, "address": a, "port": port.backend_port} for n, a in zip(names, v[0]) if a],
+        })
+        self.routing = pulumi.Output.all(*[pulumi.Output.all(n.name, n.address, n.uuid) for n in nodes]).apply(
+            lambda rows: {"destinations": [{"name": r[0], "address": r[1], "uuid": r[2]} for r in rows if r[1]]}
+        )
+        self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})
