@@ -33,3 +33,4 @@ unit:
 bench: setup
 	@.venv/bin/python bench/lxc.py --record
 	@.venv/bin/python bench/ovn.py --record
+	@.venv/bin/python bench/keepalived.py --record
