@@ -38,7 +38,10 @@ for i, lb in enumerate(stack_spec.load_balancers):
         backends = resolve(lb, field, facts, ctx.stack, stack_instances)
     except (ValueError, IncusError) as exc:
         raise pulumi.RunError(str(exc)) from None
-    balancers[lb.name] = strategies.build(lb.name, ctx, lb, field, facts, backends)
+    try:
+        balancers[lb.name] = strategies.build(lb.name, ctx, lb, field, facts, backends, stack_instances)
+    except (ValueError, IncusError) as exc:
+        raise pulumi.RunError(str(exc)) from None
 
 pulumi.export("instanceGroups", {
     name: {"instances": group.names, "addresses": group.addresses} for name, group in groups.items()

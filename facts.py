@@ -16,6 +16,25 @@ from spec import IncusSpec, Selector
 DISABLED_LABEL = "user.cplb.disabled"
 
 
+def tcp_probe(address: str, port: int, timeout: float = 1.0) -> str:
+    """A TCP connect to one of the project's own instances: `ok`, `refused` (the host is there, nothing
+    listens yet) or `unreachable` (no answer: the host is gone)."""
+    import socket
+
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return "ok"
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError:
+        return "unreachable"
+
+
+def tcp_alive(address: str, port: int, timeout: float = 1.0) -> bool:
+    """The health check the dns strategy uses."""
+    return tcp_probe(address, port, timeout) == "ok"
+
+
 def connection_for(incus: IncusSpec) -> Connection:
     return Connection(socket=incus.socket, remote=incus.remote, project=incus.project,
                       client_cert=incus.client_cert, client_key=incus.client_key, server_cert=incus.server_cert)

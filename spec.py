@@ -28,7 +28,7 @@ NAMESPACE = "cplb"
 TOP_LEVEL_KEYS = ("incus", "instanceGroups", "loadBalancers")
 #: Strategies the schema knows, and the ones this version can build.
 STRATEGIES = ("lxc", "oci", "ovn", "keepalived", "dns", "external")
-IMPLEMENTED_STRATEGIES = ("lxc", "oci", "ovn", "external", "keepalived")
+IMPLEMENTED_STRATEGIES = ("lxc", "oci", "ovn", "external", "keepalived", "dns")
 #: What each strategy can balance; enforced at preview (docs/strategies.md has the table).
 CAPABILITIES = {
     "lxc": {"protocols": ("TCP",)},
@@ -36,7 +36,10 @@ CAPABILITIES = {
     "ovn": {"protocols": ("TCP", "UDP")},
     "external": {"protocols": ("TCP", "UDP", "SCTP")},
     "keepalived": {"protocols": ("TCP",)},
+    "dns": {"protocols": ("TCP", "UDP")},
 }
+API_SERVER_PORT = 6443
+RESERVED_PORTS = range(64512, 65536)  # Claudie keeps these for itself; so do we
 AUTH_PASS_PATTERN = r"^[A-Za-z0-9!@%^&*()_+=:,.<>?/~-]+$"
 
 # --- safe scalar types ---------------------------------------------------------------------------------
@@ -416,6 +419,91 @@ class KeepalivedSpec(Model):
         return self
 
 
+DnsName = Annotated[str, StringConstraints(
+    max_length=253, pattern=r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$")]
+
+
+class RoleSettings(Model):
+    proxy_protocol: bool = Field(False, alias="proxyProtocol", description="Send the PROXY protocol header upstream.")
+    sticky_sessions: bool = Field(False, alias="stickySessions", description="`hash $remote_addr consistent`.")
+
+
+class DnsRoleSpec(Model):
+    """A Claudie role: one port the proxy nodes listen on and the targets behind it."""
+
+    name: str = Field(max_length=28, pattern=r"^[a-z]([a-z0-9-]*[a-z0-9])?$", description="Unique, at most 28.")
+    protocol: Literal["tcp", "udp"] = "tcp"
+    port: Port
+    target_port: Port = Field(alias="targetPort")
+    targets: Optional[TargetsSpec] = Field(None, description="Default: the balancer's targets.")
+    settings: RoleSettings = Field(default_factory=RoleSettings)
+
+    @model_validator(mode="after")
+    def _claudie_rules(self):
+        if self.port in RESERVED_PORTS:
+            raise ValueError(f"port {self.port} is reserved (64512-65535)")
+        if self.target_port == API_SERVER_PORT and self.port != API_SERVER_PORT:
+            raise ValueError("targetPort 6443 (the API server) requires port 6443")
+        if self.settings.proxy_protocol and API_SERVER_PORT in (self.port, self.target_port):
+            raise ValueError("proxyProtocol is never used on the API server port 6443")
+        return self
+
+    @property
+    def is_api_server(self) -> bool:
+        return self.target_port == API_SERVER_PORT
+
+
+class TsigSpec(Model):
+    name: DnsName = Field(description="TSIG key name as the DNS server knows it.")
+    algorithm: Literal["hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1"] = "hmac-sha256"
+    secret: str = Field(description="Base64 key secret; set it with `pulumi config set --secret --path`.",
+                        pattern=r"^[A-Za-z0-9+/]+={0,2}$", min_length=8)
+
+
+class DnsNodesSpec(Model):
+    count: int = Field(2, ge=1, le=10)
+    instance: InstanceSpec = Field(default_factory=lambda: InstanceSpec(image="cplb/nginx-proxy"),
+                                   alias="instanceSpec")
+
+
+class DnsSpec(Model):
+    """`type: dns`: L4 proxy nodes (nginx stream) and A records for the nodes that pass a health check."""
+
+    nodes: DnsNodesSpec = Field(default_factory=DnsNodesSpec)
+    roles: list[DnsRoleSpec] = Field(min_length=1, max_length=32)
+    zone: DnsName = Field(description="Zone the records go in, e.g. cplb.test.")
+    hostname: DnsName = Field(description="Name in the zone (relative, or a full name inside the zone).")
+    ttl: int = Field(30, ge=1, le=86400)
+    server: str = Field(description="Authoritative DNS server for updates, address:port.",
+                        pattern=r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9A-Fa-f:]+\]):\d{1,5}$")
+    tsig: TsigSpec
+
+    @property
+    def zone_fqdn(self) -> str:
+        return self.zone.rstrip(".").lower() + "."
+
+    @property
+    def fqdn(self) -> str:
+        h = self.hostname.rstrip(".").lower()
+        z = self.zone_fqdn.rstrip(".")
+        return (h if h == z or h.endswith("." + z) else f"{h}.{z}") + "."
+
+    @model_validator(mode="after")
+    def _check(self):
+        names = [r.name for r in self.roles]
+        if len(names) != len(set(names)):
+            raise ValueError("roles: names must be unique")
+        if sum(r.is_api_server for r in self.roles) > 1:
+            raise ValueError("roles: at most one API-server role (targetPort 6443)")
+        ports = [(r.protocol, r.port) for r in self.roles]
+        if len(ports) != len(set(ports)):
+            raise ValueError("roles: two roles listen on the same protocol and port")
+        if self.hostname.endswith(".") and not (self.hostname.lower() + "").endswith(self.zone_fqdn):
+            raise ValueError(f"hostname {self.hostname} is outside the zone {self.zone_fqdn}")
+        _ip(self.server.rsplit(":", 1)[0].strip("[]"))
+        return self
+
+
 class DrainSpec(Model):
     timeout_seconds: int = Field(30, alias="timeoutSeconds", ge=0, le=3600)
 
@@ -447,6 +535,7 @@ class LoadBalancerSpec(Model):
     ovn: Optional[OvnSpec] = None
     external: Optional[ExternalSpec] = None
     keepalived: Optional[KeepalivedSpec] = None
+    dns: Optional[DnsSpec] = None
 
     @field_validator("type")
     @classmethod
@@ -473,7 +562,7 @@ class LoadBalancerSpec(Model):
                                  f"not {p.protocol}")
         if len(self.ip_families) != len(set(self.ip_families)):
             raise ValueError("ipFamilies has duplicates")
-        if self.type in ("ovn", "external", "keepalived") and getattr(self, self.type) is None:
+        if self.type in ("ovn", "external", "keepalived", "dns") and getattr(self, self.type) is None:
             raise ValueError(f"type {self.type!r} needs its `{self.type}` section")
         sections = [s for s in STRATEGIES if getattr(self, s, None) is not None and s != self.type]
         if sections:
@@ -523,6 +612,20 @@ class StackSpec(Model):
                 raise ValueError(f"loadBalancers: virtualRouterID {vrid} is used by both {seen[vrid]!r} and "
                                  f"{owner!r}; VRRP instances on one network need distinct IDs")
             seen[vrid] = owner
+        hostnames: dict[str, str] = {}
+        api_roles: dict[str, str] = {}
+        for lb in self.load_balancers:
+            if lb.type != "dns":
+                continue
+            if lb.dns.fqdn in hostnames:
+                raise ValueError(f"loadBalancers: {lb.name!r} and {hostnames[lb.dns.fqdn]!r} both publish "
+                                 f"{lb.dns.fqdn}; a hostname must be unique in its zone")
+            hostnames[lb.dns.fqdn] = lb.name
+            if any(r.is_api_server for r in lb.dns.roles):
+                if lb.cluster in api_roles:
+                    raise ValueError(f"loadBalancers: cluster {lb.cluster!r} has two API-server balancers "
+                                     f"({api_roles[lb.cluster]!r} and {lb.name!r}); at most one per cluster")
+                api_roles[lb.cluster] = lb.name
         return self
 
 

@@ -24,8 +24,9 @@ from tests.integration.test_keepalived import config, holders, settled  # noqa: 
 
 
 def measure(event, vip: str, nodes: list[str]) -> float:
-    event()
+    """From the start of the event (a clean stop takes as long as the instance's shutdown) to the first answer."""
     t0 = time.monotonic()
+    event()
     ok = wait_for(lambda: http_get(vip, 6443, timeout=0.3) in nodes, 30, 0.02)
     return time.monotonic() - t0 if ok else float("nan")
 

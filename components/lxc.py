@@ -6,6 +6,7 @@ A backend change rewrites haproxy.cfg and reloads haproxy (master-worker, SIGUSR
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -36,6 +37,7 @@ class LoadBalancerArgs:
     field: str  # config key path, for messages: cplb:loadBalancers[i]
     facts: Facts
     backends: list[Backend]
+    stack_instances: dict = dataclasses.field(default_factory=dict)  # instances this stack creates
 
 
 class _RenderedBackend:

@@ -6,6 +6,7 @@ from components import oci as oci_strategy
 from components import ovn as ovn_strategy
 from components.common import StackContext
 from components.external import ExternalLoadBalancer
+from components.dns import DnsLoadBalancer
 from components.keepalived import KeepalivedLoadBalancer
 from components.lxc import HaproxyLoadBalancer, LoadBalancerArgs
 from components.oci import OciLoadBalancer
@@ -19,6 +20,7 @@ COMPONENTS = {
     "ovn": OvnLoadBalancer,
     "external": ExternalLoadBalancer,
     "keepalived": KeepalivedLoadBalancer,
+    "dns": DnsLoadBalancer,
 }
 
 
@@ -48,11 +50,16 @@ def check_all(ctx: StackContext, stack: StackSpec, facts: Facts) -> None:
                 for k, vip in enumerate(vi.virtual_ips):
                     facts.check_vip(f"{field}.keepalived.vrrpInstances[{j}].virtualIPs[{k}]", vip.split("/")[0],
                                     ctx.incus.network, prefix=int(vip.split("/")[1]))
+        elif lb.type == "dns":
+            ctx.object_name(lb.name, "proxy", str(lb.dns.nodes.count))
+            facts.image_fingerprint(f"{field}.dns.nodes.instanceSpec.image", lb.dns.nodes.instance.image)
         elif lb.type == "external" and lb.external.kube_vip and lb.effective_targets().addresses:
             raise ValueError(f"{field}.external.kubeVip: kube-vip is pushed to control-plane instances; "
                              "select them with `targets.selector`, not `targets.addresses`")
 
 
-def build(name: str, ctx: StackContext, lb: LoadBalancerSpec, field: str, facts: Facts, backends):
+def build(name: str, ctx: StackContext, lb: LoadBalancerSpec, field: str, facts: Facts, backends,
+          stack_instances: dict):
     component = COMPONENTS[lb.type]
-    return component(name, LoadBalancerArgs(ctx=ctx, spec=lb, field=field, facts=facts, backends=backends))
+    return component(name, LoadBalancerArgs(ctx=ctx, spec=lb, field=field, facts=facts, backends=backends,
+                                            stack_instances=stack_instances))

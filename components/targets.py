@@ -17,7 +17,7 @@ from typing import Any
 import pulumi
 
 from facts import Facts, is_disabled, selector_matches
-from spec import LoadBalancerSpec
+from spec import LoadBalancerSpec, TargetsSpec
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -47,7 +47,10 @@ def checked_address(value: str, where: str) -> str:
 
 def resolve(lb: LoadBalancerSpec, field: str, facts: Facts, stack: str, stack_instances: dict) -> list[Backend]:
     """`stack_instances`: name -> (labels, Instance resource) for instances this stack creates."""
-    targets = lb.effective_targets()
+    return resolve_targets(lb.effective_targets(), field, facts, stack, stack_instances)
+
+
+def resolve_targets(targets: TargetsSpec, field: str, facts: Facts, stack: str, stack_instances: dict) -> list[Backend]:
     if targets.addresses:
         return [Backend(t.name, checked_address(t.address, f"{field}.targets"), "", "address")
                 for t in targets.addresses]

@@ -11,6 +11,13 @@ def lb(**over):
     return {**GOOD_LB, **over}
 
 
+def dns(**over):
+    section = {"zone": "cplb.test.", "hostname": "api", "server": "127.0.0.1:5353",
+               "tsig": {"name": "cplb-update", "secret": "c2VjcmV0c2VjcmV0"},
+               "roles": [{"name": "api", "port": 6443, "targetPort": 6443}], **over}
+    return lb(type="dns", dns=section)
+
+
 def ka(servers=(), **vrrp):
     instance = {"virtualIPs": ["198.18.10.50/24"], **vrrp}
     return lb(type="keepalived", keepalived={"vrrpInstances": [instance], "virtualServers": list(servers)})
@@ -19,7 +26,22 @@ def ka(servers=(), **vrrp):
 INVALID = [
     # (values of the cplb namespace, expected key path, expected words in the message)
     ({"loadBalancers": [lb(type="haproxy")]}, "cplb:loadBalancers[0].type", "lxc"),
-    ({"loadBalancers": [lb(type="dns")]}, "cplb:loadBalancers[0].type", "not implemented"),
+    ({"loadBalancers": [lb(type="dns")]}, "cplb:loadBalancers[0]", "needs its `dns` section"),
+    ({"loadBalancers": [dns(roles=[{"name": "api", "port": 65000, "targetPort": 6443}])]},
+     "cplb:loadBalancers[0].dns.roles[0]", "reserved"),
+    ({"loadBalancers": [dns(roles=[{"name": "api", "port": 443, "targetPort": 6443}])]},
+     "cplb:loadBalancers[0].dns.roles[0]", "targetPort 6443 (the API server) requires port 6443"),
+    ({"loadBalancers": [dns(roles=[{"name": "a", "port": 80, "targetPort": 80}, {"name": "a", "port": 81, "targetPort": 81}])]},
+     "cplb:loadBalancers[0].dns", "names must be unique"),
+    ({"loadBalancers": [dns(), {**dns(), "name": "api2", "dns": {**dns()["dns"], "hostname": "api2"}}]},
+     "cplb:", "two API-server balancers"),
+    ({"loadBalancers": [dns(ttl=0)]}, "cplb:loadBalancers[0].dns.ttl", "greater than or equal to 1"),
+    ({"loadBalancers": [dns(hostname="api.other.test.")]}, "cplb:loadBalancers[0].dns", "outside the zone"),
+    ({"loadBalancers": [dns(roles=[{"name": "a" * 29, "port": 80, "targetPort": 80}])]},
+     "cplb:loadBalancers[0].dns.roles[0].name", "at most 28 characters"),
+    ({"loadBalancers": [dns(roles=[{"name": "api", "port": 6443, "targetPort": 6443,
+                                    "settings": {"proxyProtocol": True}}])]},
+     "cplb:loadBalancers[0].dns.roles[0]", "never used on the API server port"),
     ({"loadBalancers": [lb(type="keepalived")]}, "cplb:loadBalancers[0]", "needs its `keepalived` section"),
     ({"loadBalancers": [ka(authPass="123456789")]}, "cplb:loadBalancers[0].keepalived.vrrpInstances[0].authPass",
      "at most 8 characters"),

@@ -1,0 +1,144 @@
+"""The `dns` strategy (the Claudie model): a pool of L4 proxy nodes (nginx stream) and one DNS name with an
+A record per node that passes a health check when `up` runs.
+
+Nodes `<stack>-<lb>-proxy-<n>` get `/etc/nginx/nginx.conf` (validated with `nginx -t`, reloaded with
+`nginx -s reload`), one upstream and listener per role. The record set is published with a TSIG-signed
+RFC 2136 UPDATE (`DnsRecordSet`). A node that dies keeps its record until the next `up`; `scripts/watch`
+runs that `up` by itself when the healthy set changes, so a dead node's record goes away without a person.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import pulumi
+
+from components.common import instance_config
+from components.lxc import LoadBalancerArgs
+from components.render import render
+from components.targets import resolve_targets
+from facts import tcp_probe
+from providers.dns_records import DnsRecordSet
+from providers.instance import Instance
+from providers.instance_file import InstanceFile
+
+NGINX_CONF = "/etc/nginx/nginx.conf"
+NGINX_VALIDATE = ["nginx", "-t", "-q", "-c", "{path}"]
+NGINX_RELOAD = ["sh", "-c", "if [ -s /run/nginx.pid ]; then nginx -s reload; fi"]
+
+
+def health_port(dns) -> int:
+    api = [r for r in dns.roles if r.is_api_server]
+    role = api[0] if api else dns.roles[0]
+    return role.port if role.protocol == "tcp" else next((r.port for r in dns.roles if r.protocol == "tcp"), 0)
+
+
+def healthy(addresses: list[str], port: int, *, wait_seconds: float) -> list[str]:
+    """The nodes that accept a TCP connection on `port`. At `up`, a node that refuses (it is there, its nginx
+    is only starting after the config push) gets a few seconds; a node that does not answer at all is dead."""
+    pending = [a for a in addresses if a]
+    if not port:
+        return sorted(pending)
+    ok: list[str] = []
+    deadline = time.monotonic() + wait_seconds
+    while pending:
+        probes = {a: tcp_probe(a, port) for a in pending}
+        ok += [a for a, r in probes.items() if r == "ok"]
+        pending = [a for a, r in probes.items() if r == "refused"]
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+    return sorted(ok)
+
+
+class DnsLoadBalancer(pulumi.ComponentResource):
+    def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("cplb:lb:DnsLoadBalancer", name, None, opts)
+        ctx, lb, facts = args.ctx, args.spec, args.facts
+        dns = lb.dns
+        child = pulumi.ResourceOptions(parent=self)
+
+        # Targets per role (a role without its own targets uses the balancer's).
+        role_targets = {
+            role.name: resolve_targets(role.targets or lb.effective_targets(), f"{args.field}.dns.roles[{i}]",
+                                       facts, ctx.stack, args.stack_instances)
+            for i, role in enumerate(dns.roles)
+        }
+        flat = [(role.name, b) for role in dns.roles for b in role_targets[role.name]]
+
+        def render_conf(addrs: list[str]) -> str:
+            by_role: dict[str, list[str]] = {r.name: [] for r in dns.roles}
+            for (role_name, _), addr in zip(flat, addrs):
+                if addr:
+                    by_role[role_name].append(addr)
+            roles = []
+            for r in dns.roles:
+                roles.append({
+                    "name": r.name, "protocol": r.protocol, "port": r.port,
+                    "proxy_protocol": r.settings.proxy_protocol, "sticky": r.settings.sticky_sessions,
+                    "targets": [f"[{a}]:{r.target_port}" if ":" in a else f"{a}:{r.target_port}"
+                                for a in sorted(set(by_role[r.name]))],
+                })
+            return render("nginx-stream.conf.j2", stack=ctx.stack, lb_name=lb.name, roles=roles,
+                          max_fails=lb.health_check.fall, fail_timeout=max(lb.health_check.interval_seconds, 1) * 5)
+
+        conf = pulumi.Output.all(*[b.address for _, b in flat]).apply(render_conf)
+        spec = dns.nodes.instance
+        labels = {"user.cluster-name": lb.cluster, "user.cluster-role": "loadbalancer", "user.cplb.balancer": lb.name}
+        self.nodes: list[Instance] = []
+        self.files: list[InstanceFile] = []
+        for n in range(1, dns.nodes.count + 1):
+            node = Instance(
+                f"{name}-proxy-{n}", name=ctx.object_name(lb.name, "proxy", str(n)), image=spec.image,
+                image_fingerprint=facts.image_fingerprint(f"{args.field}.dns.nodes.instanceSpec.image", spec.image),
+                connection=ctx.connection, credentials=ctx.credentials, owner_stack=ctx.stack,
+                owner_id=f"lb/{lb.name}", profiles=spec.profiles, config=instance_config(spec, labels),
+                devices=ctx.devices(spec.network), instance_type=spec.instance_type, target=spec.target, opts=child,
+            )
+            self.nodes.append(node)
+            self.files.append(InstanceFile(
+                f"{name}-nginx-conf-{n}", instance=node.name, instance_uuid=node.uuid, path=NGINX_CONF,
+                content=conf, connection=ctx.connection, credentials=ctx.credentials,
+                validate_command=NGINX_VALIDATE, reload_command=NGINX_RELOAD, opts=child,
+            ))
+
+        port = health_port(dns)
+        node_addresses = pulumi.Output.all(*[n.address for n in self.nodes])
+        configured = pulumi.Output.all(*[f.content_hash for f in self.files])
+        # Records only for nodes that pass the health check when the program runs. At `up` the check waits for
+        # the config files (a node is checked once its nginx is configured); a preview checks the nodes as they
+        # are, so a config change alone does not make the records unknown.
+        if pulumi.runtime.is_dry_run():
+            healthy_addresses = node_addresses.apply(lambda addrs: healthy(list(addrs), port, wait_seconds=0))
+        else:
+            healthy_addresses = pulumi.Output.all(node_addresses, configured).apply(
+                lambda v: healthy(list(v[0]), port, wait_seconds=8.0))
+        tsig = pulumi.Output.secret({"name": dns.tsig.name.rstrip(".") + ".", "algorithm": dns.tsig.algorithm,
+                                     "secret": dns.tsig.secret})
+        self.records = DnsRecordSet(
+            f"{name}-records", server=dns.server, zone=dns.zone_fqdn, fqdn=dns.fqdn, ttl=dns.ttl,
+            addresses=healthy_addresses, tsig=tsig, owner_stack=ctx.stack, owner_id=f"lb/{lb.name}", opts=child,
+        )
+        api_port = next((r.port for r in dns.roles if r.is_api_server), dns.roles[0].port)
+        self.endpoint = pulumi.Output.from_input(f"{dns.fqdn.rstrip('.')}:{api_port}")
+        self.outputs = pulumi.Output.all(node_addresses, healthy_addresses, self.records.published).apply(
+            lambda v: {
+                "type": "dns",
+                "endpoint": f"{dns.fqdn.rstrip('.')}:{api_port}",
+                "fqdn": dns.fqdn,
+                "server": dns.server,
+                "healthPort": port,
+                "addresses": [a for a in v[0] if a],
+                "healthy": v[1],
+                "published": v[2],
+                "roles": [{"name": r.name, "protocol": r.protocol, "port": r.port, "targetPort": r.target_port}
+                          for r in dns.roles],
+                "backends": [{"role": rn, "name": b.name, "port": next(r.target_port for r in dns.roles
+                                                                        if r.name == rn)} for rn, b in flat],
+            })
+        self.routing = pulumi.Output.all(*[pulumi.Output.all(b.name, b.address, b.uuid) for _, b in flat]).apply(
+            lambda rows: {"destinations": sorted({(r[0], r[1], r[2]) for r in rows if r[1]})})
+        self.routing = self.routing.apply(
+            lambda d: {"destinations": [{"name": n, "address": a, "uuid": u} for n, a, u in d["destinations"]]})
+        self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})

@@ -1,0 +1,173 @@
+"""The `dns` strategy against real nginx proxy nodes, a real BIND server and the real Pulumi CLI."""
+
+import os
+import random
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from tests.helpers import (
+    ROOT, Load, base_config, demo_group, http_get, incus, instances_with_prefix, pulumi_stack, wait_for,
+)
+
+pytestmark = pytest.mark.integration
+ZONE = "cplb.test."
+
+
+@pytest.fixture(scope="module")
+def dns_server():
+    directory = tempfile.mkdtemp(prefix="cplb-dns-")
+    port = str(random.randrange(20000, 30000))
+    env = {**os.environ, "DNS_DIR": directory, "DNS_PORT": port}
+    script = os.path.join(ROOT, "scripts", "dns-server")
+    subprocess.run([script, "start"], env=env, check=True)
+    secret = subprocess.run([script, "key"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+    yield {"server": f"127.0.0.1:{port}", "secret": secret, "port": int(port)}
+    subprocess.run([script, "stop"], env=env, check=False)
+
+
+def resolve(server: dict, fqdn: str) -> list:
+    import dns.message
+    import dns.query
+
+    r = dns.query.tcp(dns.message.make_query(fqdn, "A"), "127.0.0.1", port=server["port"], timeout=3)
+    return sorted(rd.to_text() for rrset in r.answer for rd in rrset)
+
+
+def config(server: dict, cluster: str, hostname: str, web_targets=None) -> dict:
+    web = {"name": "web", "port": 8080, "targetPort": 8080}
+    if web_targets is not None:
+        web["targets"] = {"addresses": web_targets}
+    return base_config(
+        instanceGroups=[demo_group(2, name="cp", cluster=cluster)],
+        loadBalancers=[{
+            "name": "api", "cluster": cluster, "type": "dns",
+            "healthCheck": {"intervalSeconds": 1, "fall": 2},
+            "dns": {"nodes": {"count": 2}, "zone": ZONE, "hostname": hostname, "ttl": 30,
+                    "server": server["server"], "tsig": {"name": "cplb-update", "secret": "placeholder00"},
+                    "roles": [{"name": "api", "port": 6443, "targetPort": 6443}, web]},
+        }])
+
+
+def set_secret(stack, server):
+    from pulumi.automation import ConfigValue
+
+    stack.set_config("cplb:loadBalancers[0].dns.tsig.secret", ConfigValue(server["secret"], secret=True), path=True)
+
+
+def quiet(_):
+    pass
+
+
+def test_dns_records_follow_node_health(dns_server):
+    cluster = f"d{random.randrange(16**5):05x}"
+    hostname = f"api-{cluster}"
+    fqdn = f"{hostname}.{ZONE}"
+    with pulumi_stack(config(dns_server, cluster, hostname)) as (project, name, stack):
+        set_secret(stack, dns_server)
+        logs = []
+        pv = stack.preview(on_output=logs.append, diff=True)
+        up = stack.up(on_output=logs.append)
+        out = up.outputs["loadBalancers"].value["api"]
+        nodes = out["addresses"]
+        targets = [f"{name}-cp-1", f"{name}-cp-2"]
+        assert len(nodes) == 2 and out["endpoint"] == f"{fqdn.rstrip('.')}:6443"
+        # The name resolves to both nodes (asked of the server itself).
+        assert resolve(dns_server, fqdn) == sorted(nodes)
+        # Requests through each node, on both roles, reach all targets.
+        for node in nodes:
+            for port in (6443, 8080):
+                assert wait_for(lambda: {http_get(node, port) for _ in range(8)} == set(targets), 15), (node, port)
+
+        # The TSIG secret is nowhere in plain text.
+        for where, text in (("state", project.state_text()), ("preview", pv.stdout), ("logs", "\n".join(logs)),
+                            ("outputs", str(up.outputs))):
+            assert dns_server["secret"] not in text, f"the TSIG secret leaked into the {where}"
+
+        # A node dies: the next `up` withdraws its record; it comes back: its record returns.
+        node_names = sorted(n for n in instances_with_prefix(name) if "-proxy-" in n)
+        incus().set_state(node_names[0], "stop", force=True)
+        stack.up(on_output=quiet)  # no refresh: the instance stays stopped, the health check drops it
+        remaining = resolve(dns_server, fqdn)
+        assert len(remaining) == 1, remaining
+        incus().set_state(node_names[0], "start")
+        wait_for(lambda: incus().wait_for_address(node_names[0]), 20)
+        stack.up(on_output=quiet, refresh=True)
+        assert wait_for(lambda: len(resolve(dns_server, fqdn)) == 2, 20)
+
+        # The watch loop withdraws a dead node's record by itself.
+        watch = subprocess.Popen(
+            [os.path.join(ROOT, ".venv", "bin", "python"), os.path.join(ROOT, "scripts", "watch"), "--stack", name,
+             "--work-dir", project.dir, "--interval", "1", "--max-seconds", "120"],
+            env={**os.environ, **project.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            time.sleep(3)
+            incus().set_state(node_names[1], "stop", force=True)
+            t0 = time.monotonic()
+            assert wait_for(lambda: len(resolve(dns_server, fqdn)) == 1, 30, 0.2), "watch did not withdraw the record"
+            withdrawn = time.monotonic() - t0
+            print(f"\ndns watch: record of a dead node withdrawn {withdrawn:.2f}s after `stop --force`")
+            assert withdrawn < 10
+        finally:
+            watch.send_signal(signal.SIGINT)
+            text, _ = watch.communicate(timeout=120)
+            print(text)
+        assert watch.returncode == 0 and "stopping after" in text
+        incus().set_state(node_names[1], "start")
+
+
+def test_dns_role_change_updates_config_without_failed_requests(dns_server):
+    cluster = f"d{random.randrange(16**5):05x}"
+    with pulumi_stack(config(dns_server, cluster, f"web-{cluster}")) as (project, name, stack):
+        set_secret(stack, dns_server)
+        up = stack.up(on_output=quiet)
+        node = up.outputs["loadBalancers"].value["api"]["addresses"][0]
+        targets = up.outputs["instanceGroups"].value["cp"]["addresses"]
+        names = [f"{name}-cp-1", f"{name}-cp-2"]
+        assert wait_for(lambda: {http_get(node, 8080) for _ in range(8)} == set(names), 15)
+        with Load(f"{node}:8080", min_requests=1000) as load:
+            for web_targets in ([{"name": "only-one", "address": targets[0]}], None):
+                project.write_stack_config(name, config(dns_server, cluster, f"web-{cluster}", web_targets))
+                set_secret(stack, dns_server)
+                pv = stack.preview(on_output=quiet)
+                assert pv.change_summary.get("update") == 2, pv.change_summary  # nginx.conf on both nodes
+                assert not {"create", "replace", "delete"} & set(pv.change_summary), pv.change_summary
+                stack.up(on_output=quiet)
+        print(f"\ndns role change under load: {load.total} requests, {len(load.failures)} failed")
+        assert load.failures == [], load.failures[:5]
+
+
+def test_unsigned_and_wrongly_signed_updates_are_refused(dns_server):
+    import dns.query
+    import dns.rcode
+    import dns.update
+
+    from providers.dns_records import DnsError, DnsRecordSetProvider
+
+    unsigned = dns.update.Update(ZONE)
+    unsigned.add("rogue", 30, "A", "198.18.10.77")
+    assert dns.query.tcp(unsigned, "127.0.0.1", port=dns_server["port"], timeout=3).rcode() == dns.rcode.REFUSED
+
+    props = {"server": dns_server["server"], "zone": ZONE, "fqdn": f"wrong.{ZONE}", "ttl": 30,
+             "addresses": ["198.18.10.77"], "ownerStack": "t", "ownerId": "lb/x",
+             "tsig": {"name": "cplb-update.", "algorithm": "hmac-sha256", "secret": "d3JvbmdrZXl3cm9uZ2tleQ=="}}
+    with pytest.raises(DnsError) as exc:
+        DnsRecordSetProvider().create(props)
+    assert "cplb-update" in str(exc.value) and "refused" in str(exc.value).lower() or "BADSIG" in str(exc.value)
+    assert resolve(dns_server, f"wrong.{ZONE}") == []
+    assert resolve(dns_server, f"rogue.{ZONE}") == []
+
+
+def test_dns_invalid_config_fails_at_preview(dns_server):
+    from pulumi.automation import errors
+
+    bad = config(dns_server, "dbad", "api-dbad")
+    bad["loadBalancers"][0]["dns"]["roles"][1]["port"] = 65000
+    with pulumi_stack(bad) as (_, name, stack):
+        with pytest.raises(errors.CommandError) as exc:
+            stack.preview(on_output=quiet)
+        assert "cplb:loadBalancers[0].dns.roles[1]" in str(exc.value) and "reserved" in str(exc.value)
+        assert instances_with_prefix(name) == {}
