@@ -2,7 +2,7 @@
 # Set-up runs first wherever it is needed: it is idempotent and takes under a second when all is present.
 STACK ?= dev
 
-.PHONY: setup up preview refresh down outputs test unit bench
+.PHONY: setup up preview refresh down outputs test unit bench watch
 
 up:
 	@scripts/setup
@@ -34,3 +34,7 @@ bench: setup
 	@.venv/bin/python bench/lxc.py --record
 	@.venv/bin/python bench/ovn.py --record
 	@.venv/bin/python bench/keepalived.py --record
+
+# The dns strategy's reconcile loop: `up` when the healthy set of proxy nodes changes (Ctrl-C ends it).
+watch: setup
+	@. scripts/env.sh && stack_passphrase $(STACK) && .venv/bin/python scripts/watch --stack $(STACK)
