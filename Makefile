@@ -1,8 +1,9 @@
 # incus-cplb. Every stack target takes STACK=<name> (default dev).
+SHELL := /bin/bash
 # Set-up runs first wherever it is needed: it is idempotent and takes under a second when all is present.
 STACK ?= dev
 
-.PHONY: setup up preview refresh down outputs test unit bench watch
+.PHONY: setup up preview refresh down outputs test unit bench watch schema validate drift preview-summary
 
 up:
 	@scripts/setup
@@ -38,3 +39,19 @@ bench: setup
 # The dns strategy's reconcile loop: `up` when the healthy set of proxy nodes changes (Ctrl-C ends it).
 watch: setup
 	@. scripts/env.sh && stack_passphrase $(STACK) && .venv/bin/python scripts/watch --stack $(STACK)
+
+# Config schema (docs/config.schema.json, docs/config.md) from spec.py; `make validate` checks a stack file offline.
+schema:
+	@.venv/bin/python scripts/config_tools.py schema
+
+validate:
+	@.venv/bin/python scripts/config_tools.py validate $(STACK)
+
+# Out-of-band changes and pending changes; exits non-zero with a list when the world differs from the state.
+drift: setup
+	@scripts/drift $(STACK)
+
+# `pulumi preview --json` as Markdown (what the pull-request workflow posts).
+preview-summary: setup
+	@. scripts/env.sh && stack_passphrase $(STACK) && cd $(CURDIR) && pulumi preview --json --stack $(STACK) 2>/dev/null \
+		| .venv/bin/python scripts/preview-summary - $(STACK)

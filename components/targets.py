@@ -60,8 +60,11 @@ def resolve_targets(targets: TargetsSpec, field: str, facts: Facts, stack: str, 
         if selector_matches(selector, labels) and not is_disabled(labels):
             backends.append(Backend(name, resource.address, resource.uuid, "stack-instance", resource))
     for inst in facts.instances():
-        if inst.name in stack_instances or inst.owner_stack == stack and (inst.owner_id or "").startswith("lb/"):
-            continue  # ours: either declared above or a balancer's own instance
+        owner = inst.owner_id or ""
+        if inst.name in stack_instances or owner.startswith("lb/"):
+            continue  # declared above, or any balancer's own instance
+        if inst.owner_stack == stack and owner.startswith("group/"):
+            continue  # this stack's instance that the config no longer has: `up` deletes it
         if not selector_matches(selector, inst.labels) or is_disabled(inst.labels):
             continue
         if inst.status != "Running" or not inst.ipv4:

@@ -1,0 +1,188 @@
+"""Stack config tools that touch no infrastructure.
+
+  python scripts/config_tools.py schema [--check]   write docs/config.schema.json and docs/config.md from spec.py
+                                                  (--check: exit 1 when they are not current)
+  python scripts/config_tools.py validate STACK     check stacks/Pulumi.STACK.yaml with the same messages as preview
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import spec  # noqa: E402
+
+SCHEMA_PATH = os.path.join(ROOT, "docs", "config.schema.json")
+DOC_PATH = os.path.join(ROOT, "docs", "config.md")
+#: Fields that hold secrets: in a stack file they are `{secure: ...}` (pulumi config set --secret --path).
+SECRET_FIELDS = {"authPass": "secret00", "secret": "c2VjcmV0c2VjcmV0", "clientKey": "placeholder"}
+
+
+def _allow_secure(node):
+    """Let every secret field also be Pulumi's encrypted form."""
+    if isinstance(node, dict):
+        props = node.get("properties")
+        if isinstance(props, dict):
+            for key in list(props):
+                if key in SECRET_FIELDS:
+                    props[key] = {"anyOf": [props[key], {"type": "object", "required": ["secure"],
+                                                         "properties": {"secure": {"type": "string"}},
+                                                         "additionalProperties": False}],
+                                  "description": props[key].get("description", "") + " (a Pulumi secret)"}
+        for value in node.values():
+            _allow_secure(value)
+    elif isinstance(node, list):
+        for value in node:
+            _allow_secure(value)
+
+
+def stack_file_schema() -> dict:
+    model = spec.StackSpec.model_json_schema(by_alias=True)
+    defs = model.pop("$defs", {})
+    _allow_secure(defs)
+    _allow_secure(model)
+    config_props = {f"{spec.NAMESPACE}:{k}": v for k, v in model["properties"].items()}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "incus-cplb stack config (stacks/Pulumi.<stack>.yaml)",
+        "description": "Generated from spec.py by `make schema`; do not edit.",
+        "type": "object",
+        "properties": {
+            "config": {"type": "object", "properties": config_props,
+                       "patternProperties": {"^(?!cplb:).+": {}}, "additionalProperties": False},
+            "encryptionsalt": {"type": "string"},
+            "secretsprovider": {"type": "string"},
+            "encryptedkey": {"type": "string"},
+        },
+        "$defs": defs,
+    }
+
+
+def _md_rows(name: str, schema: dict, defs: dict, out: list, seen: set):
+    if name in seen:
+        return
+    seen.add(name)
+    out += [f"\n### `{name}`\n", schema.get("description", "").strip() + "\n" if schema.get("description") else "",
+            "| key | type | default | description |", "| --- | --- | --- | --- |"]
+    later = []
+    for key, prop in (schema.get("properties") or {}).items():
+        kind, refs = _type_of(prop)
+        later += refs
+        default = json.dumps(prop["default"]) if "default" in prop else ("required" if key in schema.get("required", [])
+                                                                          else "")
+        desc = (prop.get("description") or "").replace("\n", " ").replace("|", "\\|")
+        out.append(f"| `{key}` | {kind} | {default} | {desc} |")
+    for ref in later:
+        _md_rows(ref, defs[ref], defs, out, seen)
+
+
+def _type_of(prop: dict) -> tuple[str, list]:
+    if "$ref" in prop:
+        name = prop["$ref"].split("/")[-1]
+        return f"[{name}](#{name.lower()})", [name]
+    if "anyOf" in prop:
+        kinds, refs = zip(*[_type_of(p) for p in prop["anyOf"]])
+        return " or ".join(k for k in kinds if k != "null"), [r for rs in refs for r in rs]
+    if prop.get("type") == "array":
+        k, refs = _type_of(prop.get("items", {}))
+        return f"list of {k}", refs
+    if prop.get("type") == "object" and "additionalProperties" in prop and isinstance(prop["additionalProperties"], dict):
+        k, refs = _type_of(prop["additionalProperties"])
+        return f"map of {k}", refs
+    if "enum" in prop:
+        return " \\| ".join(f"`{v}`" for v in prop["enum"]), []
+    if "const" in prop:
+        return f"`{prop['const']}`", []
+    kind = prop.get("type", "any")
+    extra = [f"{k} {prop[k]}" for k in ("minimum", "maximum", "exclusiveMinimum", "maxLength") if k in prop]
+    if "pattern" in prop:
+        extra.append(f"pattern `{prop['pattern']}`".replace("|", "\\|"))
+    return kind + (f" ({', '.join(extra)})" if extra else ""), []
+
+
+def config_markdown(schema: dict) -> str:
+    defs = schema["$defs"]
+    out = ["# Stack config reference", "",
+           "Generated from `spec.py` by `make schema` (JSON Schema: `docs/config.schema.json`). Keys live in the",
+           "`cplb` namespace of `stacks/Pulumi.<stack>.yaml`. `make validate STACK=..` checks a stack file with",
+           "the same messages as `pulumi preview`, without touching any infrastructure.", ""]
+    top = schema["properties"]["config"]["properties"]
+    out += ["| key | type |", "| --- | --- |"]
+    refs = []
+    for key, prop in top.items():
+        kind, r = _type_of(prop)
+        refs += r
+        out.append(f"| `{key}` | {kind} |")
+    seen: set = set()
+    for ref in refs:
+        _md_rows(ref, defs[ref], defs, out, seen)
+    return "\n".join(line for line in out) + "\n"
+
+
+def cmd_schema(check: bool) -> int:
+    schema = stack_file_schema()
+    text = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    md = config_markdown(schema)
+    if check:
+        stale = [p for p, want in ((SCHEMA_PATH, text), (DOC_PATH, md))
+                 if not os.path.exists(p) or open(p).read() != want]
+        for p in stale:
+            print(f"{os.path.relpath(p, ROOT)} is not current: run `make schema`", file=sys.stderr)
+        return 1 if stale else 0
+    with open(SCHEMA_PATH, "w") as f:
+        f.write(text)
+    with open(DOC_PATH, "w") as f:
+        f.write(md)
+    print(f"wrote {os.path.relpath(SCHEMA_PATH, ROOT)} and {os.path.relpath(DOC_PATH, ROOT)}")
+    return 0
+
+
+def _placeholders(node, key=None):
+    """Encrypted values cannot be read without the passphrase: stand in a valid value of the same field."""
+    if isinstance(node, dict):
+        if set(node) == {"secure"}:
+            return SECRET_FIELDS.get(key, "placeholder")
+        return {k: _placeholders(v, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_placeholders(v, key) for v in node]
+    return node
+
+
+def cmd_validate(stack: str) -> int:
+    import yaml
+
+    path = os.path.join(ROOT, "stacks", f"Pulumi.{stack}.yaml")
+    if not os.path.exists(path):
+        print(f"no stack config {os.path.relpath(path, ROOT)}", file=sys.stderr)
+        return 2
+    with open(path) as f:
+        doc = yaml.safe_load(f) or {}
+    values = {k.split(":", 1)[1]: _placeholders(copy.deepcopy(v)) for k, v in (doc.get("config") or {}).items()
+              if k.startswith(f"{spec.NAMESPACE}:")}
+    try:
+        parsed = spec.parse(values)
+    except spec.SpecError as exc:
+        print(f"{os.path.relpath(path, ROOT)}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{os.path.relpath(path, ROOT)}: valid ({len(parsed.instance_groups)} instance group(s), "
+          f"{len(parsed.load_balancers)} load balancer(s)); server-side checks (extensions, networks, VIPs, "
+          "images) run at preview")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["schema"]:
+        return cmd_schema("--check" in argv)
+    if argv[:1] == ["validate"] and len(argv) == 2:
+        return cmd_validate(argv[1])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
