@@ -56,3 +56,34 @@ def test_schema_accepts_the_example_stacks():
     for name in ("dev", "ovn", "keepalived", "dns"):
         with open(os.path.join(ROOT, "stacks", f"Pulumi.{name}.yaml")) as f:
             jsonschema.validate(yaml.safe_load(f), schema)
+
+
+def test_invalid_stack_fails_schema_with_the_preview_path():
+    import jsonschema
+    import spec
+
+    schema = json.load(open(os.path.join(ROOT, "docs", "config.schema.json")))
+    bad = {"loadBalancers": [{"name": "api", "cluster": "demo", "type": "lxc", "ports": [{"name": "api", "port": 70000}]}]}
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(
+        {"config": {f"cplb:{k}": v for k, v in bad.items()}}))
+    assert errors
+    path = errors[0].absolute_path
+    # ['config', 'cplb:loadBalancers', 0, 'ports', 0, 'port'] is what preview calls cplb:loadBalancers[0].ports[0].port
+    as_preview = path[1] + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in list(path)[2:])
+    with pytest.raises(spec.SpecError) as exc:
+        spec.parse(bad)
+    assert as_preview == "cplb:loadBalancers[0].ports[0].port" and as_preview in str(exc.value)
+
+
+def test_workflow_is_yaml_and_runs_only_repository_commands():
+    import re
+
+    import yaml
+
+    path = os.path.join(ROOT, ".github", "workflows", "preview.yml")
+    wf = yaml.safe_load(open(path))
+    runs = "\n".join(step.get("run", "") for job in wf["jobs"].values() for step in job["steps"])
+    scripts = set(re.findall(r"(scripts/[A-Za-z0-9_.-]+)", runs))
+    assert {"scripts/setup", "scripts/preview-summary", "scripts/config_tools.py"} <= scripts
+    for s in scripts:
+        assert os.path.exists(os.path.join(ROOT, s)), s
