@@ -7,9 +7,7 @@ Run: `make bench` (or python bench/keepalived.py [--runs N] [--record]).
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import random
 import statistics
 import sys
@@ -19,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.lxc import quiet  # noqa: E402
+from bench.report import emit  # noqa: E402
 from tests.helpers import ProjectCopy, http_get, incus, service_down, service_up, unique_stack, wait_for  # noqa: E402
 from tests.integration.test_keepalived import config, holders, settled  # noqa: E402
 
@@ -75,14 +74,7 @@ def main() -> int:
     finally:
         project.cleanup()
     rows.append(("for comparison: kube-vip's default leader-election lease", "15 s (5 s in its static pod example)"))
-    machine = f"{platform.node()}, {os.cpu_count()} CPUs, {platform.release()}"
-    table = [f"### keepalived strategy — {datetime.date.today()} ({machine})", "", "| measure | value |",
-             "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
-    text = "\n".join(table) + "\n"
-    print(text)
-    if args.record:
-        with open(os.path.join(ROOT, "docs", "benchmarks.md"), "a") as f:
-            f.write("\n" + text)
+    emit("keepalived strategy", rows, args.record)
     return 0
 
 

@@ -11,9 +11,7 @@ Traffic goes only to instances on the project's bridge. Run: `make bench` (or py
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import random
 import re
 import statistics
@@ -24,6 +22,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.report import emit  # noqa: E402
 from tests.helpers import (  # noqa: E402
     ProjectCopy, base_config, http_get, incus, instances_with_prefix, launch_external, set_label, unique_stack,
     wait_for,
@@ -155,14 +154,7 @@ def main() -> int:
             incus().delete_instance(n)
         project.cleanup()
 
-    machine = f"{platform.node()}, {os.cpu_count()} CPUs, {platform.release()}"
-    table = [f"### lxc strategy — {datetime.date.today()} ({machine})", "", "| measure | value |", "| --- | --- |"]
-    table += [f"| {k} | {v} |" for k, v in rows]
-    text = "\n".join(table) + "\n"
-    print(text)
-    if args.record:
-        with open(os.path.join(ROOT, "docs", "benchmarks.md"), "a") as f:
-            f.write("\n" + text)
+    emit("lxc strategy", rows, args.record)
     return 0
 
 

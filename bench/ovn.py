@@ -7,9 +7,7 @@ Run: `make bench` (or python bench/ovn.py [--record]).
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -20,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.lxc import quiet, timed, wrk  # noqa: E402
+from bench.report import emit  # noqa: E402
 from tests.helpers import ProjectCopy, http_get, service_down, service_up, unique_stack, wait_for  # noqa: E402
 from tests.integration.test_ovn_oci_external import ovn_stack_config  # noqa: E402
 
@@ -72,14 +71,7 @@ def main() -> int:
         project.cleanup()
         subprocess.run([os.path.join(ROOT, "scripts", "ovn-down")], check=False, capture_output=True)
 
-    machine = f"{platform.node()}, {os.cpu_count()} CPUs, {platform.release()}"
-    table = [f"### ovn strategy — {datetime.date.today()} ({machine})", "", "| measure | value |", "| --- | --- |"]
-    table += [f"| {k} | {v} |" for k, v in rows]
-    text = "\n".join(table) + "\n"
-    print(text)
-    if args.record:
-        with open(os.path.join(ROOT, "docs", "benchmarks.md"), "a") as f:
-            f.write("\n" + text)
+    emit("ovn strategy", rows, args.record)
     return 0
 
 

@@ -137,8 +137,8 @@ class DnsLoadBalancer(pulumi.ComponentResource):
                 "backends": [{"role": rn, "name": b.name, "port": next(r.target_port for r in dns.roles
                                                                         if r.name == rn)} for rn, b in flat],
             })
+        # One destination per target instance, however many roles reach it.
         self.routing = pulumi.Output.all(*[pulumi.Output.all(b.name, b.address, b.uuid) for _, b in flat]).apply(
-            lambda rows: {"destinations": sorted({(r[0], r[1], r[2]) for r in rows if r[1]})})
-        self.routing = self.routing.apply(
-            lambda d: {"destinations": [{"name": n, "address": a, "uuid": u} for n, a, u in d["destinations"]]})
+            lambda rows: {"destinations": [{"name": n, "address": a, "uuid": u}
+                                           for n, a, u in sorted({tuple(r) for r in rows if r[1]})]})
         self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})
