@@ -3,7 +3,7 @@ SHELL := /bin/bash
 # Set-up runs first wherever it is needed: it is idempotent and takes under a second when all is present.
 STACK ?= dev
 
-.PHONY: setup up preview refresh down outputs test unit bench watch schema validate drift preview-summary
+.PHONY: setup up preview refresh down outputs test unit bench watch schema validate drift preview-summary status
 
 up:
 	@scripts/setup
@@ -55,3 +55,7 @@ drift: setup
 preview-summary: setup
 	@. scripts/env.sh && stack_passphrase $(STACK) && cd $(CURDIR) && pulumi preview --json --stack $(STACK) 2>/dev/null \
 		| .venv/bin/python scripts/preview-summary - $(STACK)
+
+# One table per balancer, read live (endpoint, VIP holders, backends with a TCP check).
+status:
+	@. scripts/env.sh && stack_passphrase $(STACK) && .venv/bin/python scripts/status $(STACK)
