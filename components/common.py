@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pulumi
 
-from spec import IncusSpec, InstanceSpec
+from spec import IncusSpec, InstanceSpec, LoadBalancerSpec
+
+if TYPE_CHECKING:
+    from facts import Facts
 
 _NAME_OK = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -59,3 +63,15 @@ def instance_config(spec: InstanceSpec, labels: Optional[dict] = None) -> dict:
     if spec.limits.memory:
         config["limits.memory"] = spec.limits.memory
     return config
+
+
+@dataclass
+class LoadBalancerArgs:
+    """What every strategy component gets."""
+
+    ctx: StackContext
+    spec: LoadBalancerSpec
+    field: str  # config key path, for messages: cplb:loadBalancers[i]
+    facts: "Facts"
+    backends: list[Any]  # components.targets.Backend
+    stack_instances: dict = dataclasses.field(default_factory=dict)  # instances this stack creates

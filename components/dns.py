@@ -15,7 +15,7 @@ from typing import Optional
 import pulumi
 
 from components.common import instance_config
-from components.lxc import LoadBalancerArgs
+from components.common import LoadBalancerArgs
 from components.render import render
 from components.targets import resolve_targets
 from facts import tcp_probe

@@ -10,7 +10,7 @@ from typing import Optional
 
 import pulumi
 
-from components.lxc import LoadBalancerArgs
+from components.common import LoadBalancerArgs
 from components.render import render
 from providers.instance_file import InstanceFile
 

@@ -14,7 +14,8 @@ from typing import Optional
 import pulumi
 
 from components.lxc import HAPROXY_CFG, HAPROXY_RELOAD, HAPROXY_VALIDATE, KEEPALIVED_CONF, KEEPALIVED_RELOAD
-from components.lxc import KEEPALIVED_VALIDATE, MONITOR_PORT, LoadBalancerArgs, _RenderedBackend
+from components.common import LoadBalancerArgs
+from components.lxc import KEEPALIVED_VALIDATE, MONITOR_PORT, RenderedBackend
 from components.render import render
 from providers.instance_file import InstanceFile
 
@@ -88,7 +89,7 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
             if mode == "userspace":
                 haproxy_cfg = addresses.apply(lambda addrs: render(
                     "haproxy.cfg.j2", stack=ctx.stack, lb=lb, hc=lb.health_check, ports=lb.ports,
-                    backends=[_RenderedBackend(n, a) for n, a in zip(names, addrs) if a],
+                    backends=[RenderedBackend(n, a) for n, a in zip(names, addrs) if a],
                     bind_addresses=vips, bind_opts="", monitor_port=MONITOR_PORT,
                     drain_seconds=max(lb.drain.timeout_seconds, 1),
                 ))

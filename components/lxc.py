@@ -6,16 +6,12 @@ A backend change rewrites haproxy.cfg and reloads haproxy (master-worker, SIGUSR
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
 
-from components.common import StackContext, instance_config
+from components.common import LoadBalancerArgs, instance_config
 from components.render import render
-from components.targets import Backend
-from facts import Facts
 from providers.instance import Instance
 from providers.instance_file import InstanceFile
 from spec import LoadBalancerSpec
@@ -30,17 +26,7 @@ KEEPALIVED_VALIDATE = ["keepalived", "-t", "-f", "{path}"]
 KEEPALIVED_RELOAD = ["sh", "-c", "if [ -s /run/keepalived.pid ]; then kill -HUP $(cat /run/keepalived.pid); fi"]
 
 
-@dataclass
-class LoadBalancerArgs:
-    ctx: StackContext
-    spec: LoadBalancerSpec
-    field: str  # config key path, for messages: cplb:loadBalancers[i]
-    facts: Facts
-    backends: list[Backend]
-    stack_instances: dict = dataclasses.field(default_factory=dict)  # instances this stack creates
-
-
-class _RenderedBackend:
+class RenderedBackend:
     def __init__(self, name: str, address: str):
         self.name, self.address = name, address
 
@@ -48,7 +34,7 @@ class _RenderedBackend:
         return f"[{self.address}]:{port}" if ":" in self.address else f"{self.address}:{port}"
 
 
-def render_haproxy(stack: str, lb: LoadBalancerSpec, backends: list[_RenderedBackend]) -> str:
+def render_haproxy(stack: str, lb: LoadBalancerSpec, backends: list[RenderedBackend]) -> str:
     return render(
         "haproxy.cfg.j2",
         stack=stack, lb=lb, hc=lb.health_check, ports=lb.ports, backends=backends,
@@ -108,7 +94,7 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
         backends = args.backends
         names = [b.name for b in backends]
         resolved = pulumi.Output.all(*[b.address for b in backends]).apply(
-            lambda addrs: [_RenderedBackend(n, a) for n, a in zip(names, addrs) if a]
+            lambda addrs: [RenderedBackend(n, a) for n, a in zip(names, addrs) if a]
         )
         haproxy_cfg = resolved.apply(lambda bs: render_haproxy(ctx.stack, lb, bs))
         self.files: list[InstanceFile] = []

@@ -8,7 +8,8 @@ the missing extension named, and the create request is covered by unit tests.
 
 from __future__ import annotations
 
-from components.lxc import HaproxyLoadBalancer, LoadBalancerArgs
+from components.common import LoadBalancerArgs
+from components.lxc import HaproxyLoadBalancer
 
 REQUIRED_EXTENSIONS = ("instance_oci",)
 

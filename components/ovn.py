@@ -10,7 +10,7 @@ from typing import Optional
 
 import pulumi
 
-from components.lxc import LoadBalancerArgs
+from components.common import LoadBalancerArgs
 from providers.network_lb import NetworkLoadBalancer
 
 REQUIRED_EXTENSIONS = ("network_load_balancer", "network_load_balancer_health_check")

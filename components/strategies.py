@@ -8,7 +8,8 @@ from components.common import StackContext
 from components.external import ExternalLoadBalancer
 from components.dns import DnsLoadBalancer
 from components.keepalived import KeepalivedLoadBalancer
-from components.lxc import HaproxyLoadBalancer, LoadBalancerArgs
+from components.common import LoadBalancerArgs
+from components.lxc import HaproxyLoadBalancer
 from components.oci import OciLoadBalancer
 from components.ovn import OvnLoadBalancer
 from facts import Facts

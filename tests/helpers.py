@@ -112,7 +112,8 @@ def base_config(**extra) -> dict:
     return {"incus": {"socket": SOCKET, "project": "default", "storagePool": POOL, "network": BRIDGE}, **extra}
 
 
-def demo_group(count: int = 3, name: str = "demo-cp", cluster: str = "demo", role: str = "control-plane") -> dict:
+def demo_group(count: int = 3, name: str = "demo-cp", cluster: str = "itdemo", role: str = "control-plane") -> dict:
+    # Not "demo": the dev stack selects cluster demo, and tests must not feed its balancer.
     return {
         "name": name, "count": count,
         "instance": {"image": "cplb/demo-apiserver", "limits": {"memory": "64MiB"}},

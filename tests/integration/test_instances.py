@@ -19,7 +19,7 @@ def test_lifecycle_create_noop_update_drift_destroy():
     sentinel = "cplb-sentinel-" + __import__("secrets").token_hex(2)
     client.call("POST", "instances", json={
         "name": sentinel, "source": {"type": "image", "alias": "cplb/demo-apiserver"},
-        "devices": {"root": {"type": "disk", "path": "/", "pool": "cplb"}}, "config": {"user.cluster-name": "demo"}})
+        "devices": {"root": {"type": "disk", "path": "/", "pool": "cplb"}}, "config": {"user.cluster-name": "itdemo"}})
     try:
         with pulumi_stack(base_config(instanceGroups=[demo_group(3)])) as (project, name, stack):
             up = stack.up(on_output=quiet)
@@ -59,7 +59,7 @@ def test_lifecycle_create_noop_update_drift_destroy():
 
             stack.destroy(on_output=quiet)
             assert instances_with_prefix(name) == {}
-        assert client.get_instance(sentinel)["config"].get("user.cluster-name") == "demo"
+        assert client.get_instance(sentinel)["config"].get("user.cluster-name") == "itdemo"
     finally:
         client.delete_instance(sentinel)
 
