@@ -23,6 +23,7 @@ from pulumi.dynamic import (
 )
 
 from providers.incus_client import Connection, IncusError, addresses_of, client_for
+from providers.values import plain
 
 OWNER_STACK = "user.cplb.stack"
 OWNER_ID = "user.cplb.owner"
@@ -153,10 +154,10 @@ class InstanceProvider(ResourceProvider):
 
     def diff(self, _id, olds, news):
         # Absent, empty and null are the same (states written before a key existed have none).
-        replaces = [k for k in REPLACE_KEYS if _norm(olds.get(k) or None) != _norm(news.get(k) or None)]
+        replaces = [k for k in REPLACE_KEYS if plain(olds.get(k) or None) != plain(news.get(k) or None)]
         if (olds.get("connection") or {}).get("project") != (news.get("connection") or {}).get("project"):
             replaces.append("connection")
-        updates = [k for k in UPDATE_KEYS if _norm(olds.get(k)) != _norm(news.get(k))]
+        updates = [k for k in UPDATE_KEYS if plain(olds.get(k)) != plain(news.get(k))]
         for k in ("ownerStack", "ownerId"):
             if olds.get(k) != news.get(k):
                 updates.append(k)
@@ -185,19 +186,6 @@ class InstanceProvider(ResourceProvider):
             return
         check_owner(inst, props)
         client.delete_instance(id_)
-
-
-def _norm(value: Any) -> Any:
-    """Compare inputs as plain data (Pulumi hands lists and dicts back as its own containers)."""
-    if isinstance(value, dict):
-        return {k: _norm(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_norm(v) for v in value]
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value if isinstance(value, (bool, int, float)) else str(value)
 
 
 class Instance(pulumi.dynamic.Resource, module="incus", name="Instance"):

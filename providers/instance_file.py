@@ -17,6 +17,7 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
 from providers.incus_client import Connection, IncusError, client_for
+from providers.values import plain
 
 REPLACE_KEYS = ("instance", "path")
 
@@ -81,7 +82,7 @@ class InstanceFileProvider(ResourceProvider):
             changed.append("content")
         for k in ("mode", "validateCommand", "reloadCommand", "instanceUuid"):
             new = news.get(k)
-            if not isinstance(new, (str, list, tuple, type(None))) or _plain(olds.get(k)) != _plain(new):
+            if not isinstance(new, (str, list, tuple, type(None))) or plain(olds.get(k)) != plain(new):
                 changed.append(k)
         return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
 
@@ -102,12 +103,6 @@ class InstanceFileProvider(ResourceProvider):
         if client.get_instance(props["instance"]) is None:
             return
         client.delete_file(props["instance"], props["path"])
-
-
-def _plain(value):
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    return None if value is None else str(value)
 
 
 class InstanceFile(pulumi.dynamic.Resource, module="incus", name="InstanceFile"):

@@ -17,6 +17,7 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
 from providers.incus_client import Connection, IncusError, client_for
+from providers.values import plain
 
 OWNER_STACK = "user.cplb.stack"
 OWNER_ID = "user.cplb.owner"
@@ -122,7 +123,7 @@ class NetworkLoadBalancerProvider(ResourceProvider):
 
     def diff(self, _id, olds, news):
         replaces = [k for k in REPLACE_KEYS if olds.get(k) != news.get(k)]
-        updates = [k for k in UPDATE_KEYS if _plain(olds.get(k)) != _plain(news.get(k))]
+        updates = [k for k in UPDATE_KEYS if plain(olds.get(k)) != plain(news.get(k))]
         return DiffResult(changes=bool(replaces or updates), replaces=replaces, delete_before_replace=True)
 
     def read(self, id_, props):
@@ -154,17 +155,6 @@ class NetworkLoadBalancerProvider(ResourceProvider):
             return
         check_owner(existing, props)
         client.call("DELETE", _path(props), what=f"delete network load balancer {props['listenAddress']}")
-
-
-def _plain(value):
-    # Numbers come back from the engine as floats: 6443 and 6443.0 are the same port.
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value if value is None or isinstance(value, (bool, int, float)) else str(value)
 
 
 class NetworkLoadBalancer(pulumi.dynamic.Resource, module="ovn", name="NetworkLoadBalancer"):
