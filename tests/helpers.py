@@ -168,13 +168,16 @@ def set_label(name: str, key: str, value) -> None:
 class Load:
     """A bounded HTTP client on new connections, in a thread: counts answers by body and failures."""
 
-    def __init__(self, endpoint: str, min_requests: int = 2000, max_requests: int = 50000, max_seconds: float = 180):
+    def __init__(self, endpoint: str, min_requests: int = 2000, max_requests: int = 50000, max_seconds: float = 180,
+                 retries: int = 0):
         import collections
         import threading
 
         self.endpoint, self.min_requests, self.max_requests, self.max_seconds = endpoint, min_requests, max_requests, max_seconds
         self.answers = collections.Counter()
         self.failures: list[str] = []
+        self.retries = retries  # client-side retries of a failed request (as a Kubernetes client does)
+        self.retried = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -188,18 +191,22 @@ class Load:
             if self.stop.is_set() and n >= self.min_requests:
                 break
             n += 1
-            try:
-                conn = http.client.HTTPConnection(host, int(port), timeout=10)
-                conn.request("GET", "/", headers={"Connection": "close"})
-                resp = conn.getresponse()
-                body = resp.read().decode().strip()
-                conn.close()
-                if resp.status != 200:
-                    self.failures.append(f"status {resp.status}")
-                else:
+            for attempt in range(self.retries + 1):
+                try:
+                    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+                    conn.request("GET", "/", headers={"Connection": "close"})
+                    resp = conn.getresponse()
+                    body = resp.read().decode().strip()
+                    conn.close()
+                    if resp.status != 200:
+                        raise OSError(f"status {resp.status}")
                     self.answers[body] += 1
-            except OSError as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
+                    break
+                except (OSError, http.client.HTTPException) as exc:
+                    if attempt < self.retries:
+                        self.retried += 1
+                        continue
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
 
     @property
     def total(self) -> int:

@@ -120,11 +120,13 @@ def test_dead_backend_is_taken_out_without_client_errors(control_plane):
     with pulumi_stack(base_config(loadBalancers=[lxc_lb(cluster)])) as (_, _name, stack):
         ep = endpoint_of(stack.up(on_output=quiet))
         assert wait_for(lambda: len(set(answers(ep, 6))) == 3, 20)
-        with Load(ep, min_requests=300, max_seconds=60) as load:
+        # New connections to the dead backend are redispatched by haproxy; a request already in flight on it when
+        # it dies is cut (TCP mode cannot replay it), so the client retries once, as Kubernetes clients do.
+        with Load(ep, min_requests=300, max_seconds=60, retries=1) as load:
             time.sleep(0.5)
             incus().set_state(names[1], "stop", force=True)
             time.sleep(4)  # health checks (inter 1s, fall 2) mark it down meanwhile
-        print(f"\nbackend death: {load.total} requests, {len(load.failures)} failed")
+        print(f"\nbackend death: {load.total} requests, {load.retried} retried once, {len(load.failures)} failed")
         assert load.failures == [], load.failures[:5]
         assert set(answers(ep, 12)) == {names[0], names[2]}
 
