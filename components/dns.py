@@ -17,7 +17,7 @@ import pulumi
 from components.common import instance_config
 from components.common import LoadBalancerArgs
 from components.render import render
-from components.targets import resolve_targets
+from components.targets import resolve_targets, routing
 from facts import tcp_probe
 from providers.dns_records import DnsRecordSet
 from providers.instance import Instance
@@ -137,8 +137,5 @@ class DnsLoadBalancer(pulumi.ComponentResource):
                 "backends": [{"role": rn, "name": b.name, "port": next(r.target_port for r in dns.roles
                                                                         if r.name == rn)} for rn, b in flat],
             })
-        # One destination per target instance, however many roles reach it.
-        self.routing = pulumi.Output.all(*[pulumi.Output.all(b.name, b.address, b.uuid) for _, b in flat]).apply(
-            lambda rows: {"destinations": [{"name": n, "address": a, "uuid": u}
-                                           for n, a, u in sorted({tuple(r) for r in rows if r[1]})]})
+        self.routing = routing([b for _, b in flat])
         self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})

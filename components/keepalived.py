@@ -17,6 +17,7 @@ from components.lxc import HAPROXY_CFG, HAPROXY_RELOAD, HAPROXY_VALIDATE, KEEPAL
 from components.common import LoadBalancerArgs
 from components.lxc import KEEPALIVED_VALIDATE, MONITOR_PORT, RenderedBackend
 from components.render import render
+from components.targets import routing
 from providers.instance_file import InstanceFile
 
 CHECKS = {
@@ -114,7 +115,5 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
             "addresses": [a for a in v[0] if a],
             "backends": [{"name": n, "address": a, "port": port.backend_port} for n, a in zip(names, v[0]) if a],
         })
-        self.routing = pulumi.Output.all(*[pulumi.Output.all(n.name, n.address, n.uuid) for n in nodes]).apply(
-            lambda rows: {"destinations": [{"name": r[0], "address": r[1], "uuid": r[2]} for r in rows if r[1]]}
-        )
+        self.routing = routing(nodes)
         self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})

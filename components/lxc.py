@@ -12,6 +12,7 @@ import pulumi
 
 from components.common import LoadBalancerArgs, instance_config
 from components.render import render
+from components.targets import routing
 from providers.instance import Instance
 from providers.instance_file import InstanceFile
 from spec import LoadBalancerSpec
@@ -142,7 +143,5 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
                 ],
             }
         )
-        self.routing = pulumi.Output.all(*[pulumi.Output.all(b.name, b.address, b.uuid) for b in backends]).apply(
-            lambda rows: {"destinations": [{"name": r[0], "address": r[1], "uuid": r[2]} for r in rows if r[1]]}
-        )
+        self.routing = routing(backends)
         self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})

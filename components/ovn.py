@@ -11,6 +11,7 @@ from typing import Optional
 import pulumi
 
 from components.common import LoadBalancerArgs
+from components.targets import routing
 from providers.network_lb import NetworkLoadBalancer
 
 REQUIRED_EXTENSIONS = ("network_load_balancer", "network_load_balancer_health_check")
@@ -66,7 +67,5 @@ class OvnLoadBalancer(pulumi.ComponentResource):
             "addresses": [ovn.listen_address],
             "backends": [{**r, "health": (v[1] or {}).get(r["name"], "unknown")} for r in v[0]],
         })
-        self.routing = pulumi.Output.all(*[pulumi.Output.all(b.name, b.address, b.uuid) for b in targets]).apply(
-            lambda rows: {"destinations": [{"name": r[0], "address": r[1], "uuid": r[2]} for r in rows if r[1]]}
-        )
+        self.routing = routing(targets)
         self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})

@@ -73,3 +73,11 @@ def resolve_targets(targets: TargetsSpec, field: str, facts: Facts, stack: str, 
             continue
         backends.append(Backend(inst.name, checked_address(inst.ipv4[0], inst.name), inst.uuid, "instance"))
     return sorted(backends, key=lambda b: b.name)
+
+
+def routing(backends: list[Backend]) -> "pulumi.Output[dict]":
+    """Ironcore-style routing: one destination per backend instance (however many ports or roles reach it),
+    with its name, address and Incus uuid."""
+    rows = [pulumi.Output.all(b.name, b.address, b.uuid) for b in backends]
+    return pulumi.Output.all(*rows).apply(lambda rows: {"destinations": [
+        {"name": n, "address": a, "uuid": u} for n, a, u in sorted({tuple(r) for r in rows if r[1]})]})
