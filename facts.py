@@ -116,8 +116,11 @@ class Facts:
             self._instances = out
         return self._instances
 
-    def vip_holders(self, vips: list[str]) -> dict[str, str]:
-        """Which instance has each VIP on its interface right now (None when no one does)."""
+    def vip_holders(self, vips: list[str], fresh: bool = False) -> dict[str, str]:
+        """Which instance has each VIP on its interface right now (None when no one does).
+        `fresh`: read Incus again (the status outputs ask after `up` changed things)."""
+        if fresh:
+            self._instances = None
         out: dict[str, str] = {}
         for inst in self.instances():
             for addr in inst.ipv4 + inst.ipv6:

@@ -29,14 +29,17 @@ TOP_LEVEL_KEYS = ("incus", "instanceGroups", "loadBalancers")
 #: Strategies the schema knows, and the ones this version can build.
 STRATEGIES = ("lxc", "oci", "ovn", "keepalived", "dns", "external")
 IMPLEMENTED_STRATEGIES = ("lxc", "oci", "ovn", "external", "keepalived", "dns")
-#: What each strategy can balance; enforced at preview (docs/strategies.md has the table).
+#: What each strategy can balance; enforced at preview (docs/strategies.md has the table, `make schema`
+#: writes it from here). protocols: of `ports[]`; ranges: `ports[].endPort`; families: `ipFamilies`;
+#: addresses: explicit `targets.addresses` (keepalived runs on the selected instances themselves).
 CAPABILITIES = {
-    "lxc": {"protocols": ("TCP",)},
-    "oci": {"protocols": ("TCP",)},
-    "ovn": {"protocols": ("TCP", "UDP")},
-    "external": {"protocols": ("TCP", "UDP", "SCTP")},
-    "keepalived": {"protocols": ("TCP",)},
-    "dns": {"protocols": ("TCP", "UDP")},
+    "lxc": {"protocols": ("TCP",), "ranges": True, "families": ("IPv4", "IPv6"), "addresses": True},
+    "oci": {"protocols": ("TCP",), "ranges": True, "families": ("IPv4",), "addresses": True},
+    "ovn": {"protocols": ("TCP", "UDP"), "ranges": False, "families": ("IPv4",), "addresses": True},
+    "external": {"protocols": ("TCP", "UDP", "SCTP"), "ranges": True, "families": ("IPv4", "IPv6"),
+                 "addresses": True},
+    "keepalived": {"protocols": ("TCP",), "ranges": False, "families": ("IPv4",), "addresses": False},
+    "dns": {"protocols": ("TCP", "UDP"), "ranges": False, "families": ("IPv4", "IPv6"), "addresses": True},
 }
 API_SERVER_PORT = 6443
 RESERVED_PORTS = range(64512, 65536)  # Claudie keeps these for itself; so do we
@@ -165,14 +168,41 @@ Protocol = Literal["TCP", "UDP", "SCTP"]
 class PortSpec(Model):
     name: DnsLabel = Field(description="Port name, unique within the balancer.")
     protocol: Protocol = Field("TCP", description="TCP, UDP or SCTP (what each strategy supports differs).")
-    port: Port = Field(6443, description="Frontend port the endpoint listens on.")
+    port: Port = Field(6443, description="Frontend port the endpoint listens on (first of a range).")
+    end_port: Optional[Port] = Field(
+        None, alias="endPort",
+        description="Last port of a range `port`-`endPort` (Ironcore's endPort); each port goes to the same "
+        "port on the backend, so `targetPort` is not allowed with it.",
+    )
     target_port: Optional[Port] = Field(
         None, alias="targetPort", description="Backend port; defaults to `port`."
     )
 
+    @model_validator(mode="after")
+    def _range(self):
+        if self.end_port is not None:
+            if self.end_port < self.port:
+                raise ValueError(f"endPort {self.end_port} must be >= port {self.port}")
+            if self.target_port is not None and self.target_port != self.port:
+                raise ValueError("a port range forwards each port to the same port: leave targetPort out")
+        return self
+
     @property
     def backend_port(self) -> int:
         return self.target_port or self.port
+
+    @property
+    def last_port(self) -> int:
+        return self.end_port or self.port
+
+    @property
+    def is_range(self) -> bool:
+        return self.end_port is not None and self.end_port != self.port
+
+    @property
+    def listen(self) -> str:
+        """`port` or `port-endPort`, as haproxy and nginx write a range."""
+        return f"{self.port}-{self.end_port}" if self.is_range else str(self.port)
 
 
 class LabelRequirement(Model):
@@ -552,16 +582,36 @@ class LoadBalancerSpec(Model):
         names = [p.name for p in self.ports]
         if len(names) != len(set(names)):
             raise ValueError("port names must be unique")
-        keys = [(p.protocol, p.port) for p in self.ports]
-        if len(keys) != len(set(keys)):
-            raise ValueError("two ports listen on the same protocol and port")
-        allowed = CAPABILITIES.get(self.type, {}).get("protocols", ())
+        for i, a in enumerate(self.ports):
+            for j, b in enumerate(self.ports[:i]):
+                if a.protocol == b.protocol and a.port <= b.last_port and b.port <= a.last_port:
+                    raise ValueError(f"ports[{i}] ({a.protocol} {a.listen}) overlaps ports[{j}] ({b.protocol} "
+                                     f"{b.listen}): ranges of one protocol may not overlap")
+        caps = CAPABILITIES[self.type]
+        allowed = caps["protocols"]
         for i, p in enumerate(self.ports):
             if p.protocol not in allowed:
                 raise ValueError(f"ports[{i}].protocol: the {self.type} strategy balances {'/'.join(allowed)} only, "
                                  f"not {p.protocol}")
+            if p.is_range and not caps["ranges"]:
+                raise ValueError(f"ports[{i}].endPort: the {self.type} strategy cannot balance a port range; "
+                                 f"strategies with ranges: {', '.join(k for k, c in CAPABILITIES.items() if c['ranges'])}")
         if len(self.ip_families) != len(set(self.ip_families)):
             raise ValueError("ipFamilies has duplicates")
+        for family in self.ip_families:
+            if family not in caps["families"]:
+                raise ValueError(f"ipFamilies: the {self.type} strategy serves {', '.join(caps['families'])} only, "
+                                 f"not {family}")
+        if self.type == "lxc" and self.lxc_spec.replicas > 1 and "IPv6" in self.ip_families:
+            raise ValueError("ipFamilies: IPv6 with lxc.replicas > 1 needs an IPv6 VIP, which this version does not "
+                             "manage; use replicas: 1 for a dual-stack endpoint, or ipFamilies: [IPv4]")
+        if self.targets is not None and self.targets.addresses and not caps["addresses"]:
+            raise ValueError(f"targets.addresses: the {self.type} strategy runs on the selected instances "
+                             "themselves; select them with `targets.selector`")
+        if self.type == "external" and self.external and self.external.kube_vip and self.targets is not None \
+                and self.targets.addresses:
+            raise ValueError("targets.addresses: kube-vip is pushed to control-plane instances; select them "
+                             "with `targets.selector`")
         if self.type in ("ovn", "external", "keepalived", "dns") and getattr(self, self.type) is None:
             raise ValueError(f"type {self.type!r} needs its `{self.type}` section")
         sections = [s for s in STRATEGIES if getattr(self, s, None) is not None and s != self.type]

@@ -23,6 +23,7 @@ class StackContext:
 
     stack: str
     incus: IncusSpec
+    ipv6: bool = False  # some balancer serves IPv6: instances wait for their SLAAC address too
 
     def object_name(self, *parts: str) -> str:
         """`<stack>-<part>-...`: deterministic, so an interrupted `up` can adopt what it made."""
@@ -48,6 +49,10 @@ class StackContext:
         if self.incus.client_key:
             return pulumi.Output.secret({"clientKey": self.incus.client_key})
         return {}
+
+    @property
+    def address_families(self) -> list[str]:
+        return ["inet", "inet6"] if self.ipv6 else ["inet"]
 
     def devices(self, network: Optional[str] = None) -> dict:
         return {

@@ -18,6 +18,8 @@ from components.common import instance_config
 from components.common import LoadBalancerArgs
 from components.render import render
 from components.targets import resolve_targets, routing
+import health
+from components.status import at_up, backends_condition, condition, ready_condition
 from facts import tcp_probe
 from providers.dns_records import DnsRecordSet
 from providers.instance import Instance
@@ -67,23 +69,33 @@ class DnsLoadBalancer(pulumi.ComponentResource):
         }
         flat = [(role.name, b) for role in dns.roles for b in role_targets[role.name]]
 
-        def render_conf(addrs: list[str]) -> str:
-            by_role: dict[str, list[str]] = {r.name: [] for r in dns.roles}
-            for (role_name, _), addr in zip(flat, addrs):
-                if addr:
-                    by_role[role_name].append(addr)
+        families = lb.ip_families
+
+        def render_conf(addrs: list) -> str:
+            by_role: dict[str, dict[str, set]] = {r.name: {"IPv4": set(), "IPv6": set()} for r in dns.roles}
+            for (role_name, _), (v4, v6) in zip(flat, addrs):
+                if v4:
+                    by_role[role_name]["IPv4"].add(v4)
+                if v6:
+                    by_role[role_name]["IPv6"].add(f"[{v6}]")
             roles = []
             for r in dns.roles:
+                # One listener and upstream per family: IPv6 clients reach the targets over IPv6.
+                fams = []
+                if "IPv4" in families:
+                    fams.append({"suffix": "", "listen": "", "opts": "",
+                                 "targets": [f"{a}:{r.target_port}" for a in sorted(by_role[r.name]["IPv4"])]})
+                if "IPv6" in families:
+                    fams.append({"suffix": "_v6", "listen": "[::]:", "opts": " ipv6only=on",
+                                 "targets": [f"{a}:{r.target_port}" for a in sorted(by_role[r.name]["IPv6"])]})
                 roles.append({
-                    "name": r.name, "protocol": r.protocol, "port": r.port,
+                    "name": r.name, "protocol": r.protocol, "port": r.port, "families": fams,
                     "proxy_protocol": r.settings.proxy_protocol, "sticky": r.settings.sticky_sessions,
-                    "targets": [f"[{a}]:{r.target_port}" if ":" in a else f"{a}:{r.target_port}"
-                                for a in sorted(set(by_role[r.name]))],
                 })
             return render("nginx-stream.conf.j2", stack=ctx.stack, lb_name=lb.name, roles=roles,
                           max_fails=lb.health_check.fall, fail_timeout=max(lb.health_check.interval_seconds, 1) * 5)
 
-        conf = pulumi.Output.all(*[b.address for _, b in flat]).apply(render_conf)
+        conf = pulumi.Output.all(*[pulumi.Output.all(b.address, b.address6) for _, b in flat]).apply(render_conf)
         spec = dns.nodes.instance
         labels = {"user.cluster-name": lb.cluster, "user.cluster-role": "loadbalancer", "user.cplb.balancer": lb.name}
         self.nodes: list[Instance] = []
@@ -93,6 +105,7 @@ class DnsLoadBalancer(pulumi.ComponentResource):
                 f"{name}-proxy-{n}", name=ctx.object_name(lb.name, "proxy", str(n)), image=spec.image,
                 image_fingerprint=facts.image_fingerprint(f"{args.field}.dns.nodes.instanceSpec.image", spec.image),
                 connection=ctx.connection, credentials=ctx.credentials, owner_stack=ctx.stack,
+                address_families=ctx.address_families,
                 owner_id=f"lb/{lb.name}", profiles=spec.profiles, config=instance_config(spec, labels),
                 devices=ctx.devices(spec.network), instance_type=spec.instance_type, target=spec.target, opts=child,
             )
@@ -104,7 +117,13 @@ class DnsLoadBalancer(pulumi.ComponentResource):
             ))
 
         port = health_port(dns)
-        node_addresses = pulumi.Output.all(*[n.address for n in self.nodes])
+        def published_families(v4s: list, v6s: list) -> list[str]:
+            out = [a for a in v4s if a] if "IPv4" in families else []
+            return out + ([v6[0] for v6 in v6s if v6] if "IPv6" in families else [])
+
+        node_addresses = pulumi.Output.all(pulumi.Output.all(*[n.address for n in self.nodes]),
+                                           pulumi.Output.all(*[n.ipv6 for n in self.nodes])).apply(
+            lambda v: published_families(v[0], v[1]))
         configured = pulumi.Output.all(*[f.content_hash for f in self.files])
         # Records only for nodes that pass the health check when the program runs. At `up` the check waits for
         # the config files (a node is checked once its nginx is configured); a preview checks the nodes as they
@@ -122,7 +141,34 @@ class DnsLoadBalancer(pulumi.ComponentResource):
         )
         api_port = next((r.port for r in dns.roles if r.is_api_server), dns.roles[0].port)
         self.endpoint = pulumi.Output.from_input(f"{dns.fqdn.rstrip('.')}:{api_port}")
-        self.outputs = pulumi.Output.all(node_addresses, healthy_addresses, self.records.published).apply(
+        ports = {r.name: r.target_port for r in dns.roles}
+        tcp_targets = [(b, ports[rn]) for rn, b in flat
+                       if next(r.protocol for r in dns.roles if r.name == rn) == "tcp"]
+
+        def conditions(v) -> list[dict]:
+            states, published, targets = v[0], sorted(v[1] or []), v[2]
+            running = sum(s == "Running" for s in states)
+            answers = health.dns_answers(dns.server, dns.fqdn)
+            probes = {(a, p) for a, p in targets if a}
+            alive = sum(tcp_probe(a, p) == "ok" for a, p in probes)
+            host = lambda a: f"[{a}]" if ":" in a else a  # noqa: E731
+            return [
+                condition("Exists", running == len(states), "NodesRunning" if running == len(states)
+                          else "NodesNotRunning", f"{running} of {len(states)} proxy nodes running"),
+                ready_condition([f"{host(a)}:{api_port}" for a in answers], health.endpoint_answers),
+                backends_condition(alive, len(probes), "TCP probes of the role targets; nginx stream has no "
+                                   "health API"),
+                condition("DNSResolvable", bool(answers) and answers == published,
+                          "Published" if answers == published and answers else "Mismatch",
+                          f"{dns.fqdn} -> {', '.join(answers) or 'nothing'} at {dns.server}"),
+            ]
+
+        self.status = at_up(pulumi.Output.all(
+            pulumi.Output.all(*[n.status for n in self.nodes]), self.records.published,
+            pulumi.Output.all(*[pulumi.Output.all(b.address, p) for b, p in tcp_targets])), conditions,
+            kinds=("Exists", "Ready", "BackendsHealthy", "DNSResolvable"))
+        self.outputs = pulumi.Output.all(node_addresses, healthy_addresses, self.records.published,
+                                         self.status).apply(
             lambda v: {
                 "type": "dns",
                 "endpoint": f"{dns.fqdn.rstrip('.')}:{api_port}",
@@ -136,6 +182,8 @@ class DnsLoadBalancer(pulumi.ComponentResource):
                           for r in dns.roles],
                 "backends": [{"role": rn, "name": b.name, "port": next(r.target_port for r in dns.roles
                                                                         if r.name == rn)} for rn, b in flat],
+                "ipFamilies": families,
+                "status": v[3],
             })
-        self.routing = routing([b for _, b in flat])
+        self.routing = routing([(b, ports[rn]) for rn, b in flat], lb.ip_families)
         self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})

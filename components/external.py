@@ -12,6 +12,7 @@ import pulumi
 
 from components.common import LoadBalancerArgs
 from components.render import render
+from components.status import at_up, condition
 from providers.instance_file import InstanceFile
 
 
@@ -38,12 +39,20 @@ class ExternalLoadBalancer(pulumi.ComponentResource):
                 ))
         self.endpoint = pulumi.Output.from_input(ext.endpoint)
         pushed = pulumi.Output.all(*[f.content_hash for f in self.files])
-        self.outputs = pulumi.Output.all(pushed).apply(lambda _: {
+        # The endpoint is the user's: incus-cplb never sends traffic to addresses it did not create.
+        self.status = at_up(pushed, lambda _: [
+            condition("Exists", True, "External", "nothing to provision" + (
+                f"; kube-vip manifest on {len(self.files)} instances" if kv else "")),
+            condition("Ready", None, "NotProbed", f"{ext.endpoint} is not probed (not an address this stack made)"),
+            condition("BackendsHealthy", None, "NotProbed", "the external balancer's backends are not visible"),
+        ])
+        self.outputs = pulumi.Output.all(pushed, self.status).apply(lambda v: {
             "type": "external",
             "endpoint": ext.endpoint,
             "addresses": [ext.host],
             "kubeVip": {"vip": kv.vip, "path": kv.path, "instances": [t.name for t in args.backends]} if kv else None,
             "backends": [],
+            "status": v[1],
         })
         self.routing = pulumi.Output.from_input({"destinations": []})
         self.register_outputs({"endpoint": self.endpoint})

@@ -32,6 +32,7 @@ class InstanceGroup(pulumi.ComponentResource):
                 image_fingerprint=args.image_fingerprint,
                 connection=ctx.connection,
                 credentials=ctx.credentials,
+                address_families=ctx.address_families,
                 owner_stack=ctx.stack,
                 owner_id=f"group/{spec.name}",
                 profiles=spec.instance.profiles,

@@ -15,9 +15,12 @@ import pulumi
 
 from components.lxc import HAPROXY_CFG, HAPROXY_RELOAD, HAPROXY_VALIDATE, KEEPALIVED_CONF, KEEPALIVED_RELOAD
 from components.common import LoadBalancerArgs
-from components.lxc import KEEPALIVED_VALIDATE, MONITOR_PORT, RenderedBackend
+from components.lxc import KEEPALIVED_VALIDATE, MONITOR_PORT, RenderedBackend, haproxy_drain, render_haproxy
 from components.render import render
-from components.targets import routing
+import health
+from components.status import at_up, backends_condition, condition, ready_condition
+from components.targets import port_pairs, routing
+from facts import tcp_probe
 from providers.instance_file import InstanceFile
 
 CHECKS = {
@@ -88,24 +91,32 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=deps),
             ))
             if mode == "userspace":
-                haproxy_cfg = addresses.apply(lambda addrs: render(
-                    "haproxy.cfg.j2", stack=ctx.stack, lb=lb, hc=lb.health_check, ports=lb.ports,
-                    backends=[RenderedBackend(n, a) for n, a in zip(names, addrs) if a],
-                    bind_addresses=vips, bind_opts="", monitor_port=MONITOR_PORT,
-                    drain_seconds=max(lb.drain.timeout_seconds, 1),
-                ))
+                haproxy_cfg = addresses.apply(lambda addrs: render_haproxy(
+                    ctx.stack, lb, [RenderedBackend(n, a) for n, a in zip(names, addrs) if a], ipv4_binds=vips))
                 self.files.append(InstanceFile(
                     f"{name}-haproxy-{node.name}",
                     instance=node.name, instance_uuid=node.uuid, path=HAPROXY_CFG, content=haproxy_cfg,
                     connection=ctx.connection, credentials=ctx.credentials,
-                    validate_command=HAPROXY_VALIDATE, reload_command=HAPROXY_RELOAD,
+                    validate_command=HAPROXY_VALIDATE, reload_command=HAPROXY_RELOAD, drain=haproxy_drain(lb),
                     opts=pulumi.ResourceOptions(parent=self, depends_on=deps),
                 ))
 
         holders = facts.vip_holders(vips)
         self.endpoint = pulumi.Output.from_input(f"{vips[0]}:{port.port}")
         done = pulumi.Output.all(*[f.content_hash for f in self.files])
-        self.outputs = pulumi.Output.all(addresses, done).apply(lambda v: {
+        def conditions(v) -> list[dict]:
+            addrs = [a for a in v[0] if a]
+            alive = sum(tcp_probe(a, port.backend_port) == "ok" for a in addrs)
+            held = facts.vip_holders(vips, fresh=True)
+            return [
+                condition("Exists", len(held) == len(vips), "VIPsHeld" if len(held) == len(vips) else "VIPNotHeld",
+                          ", ".join(f"{vip} on {held.get(vip, 'nobody')}" for vip in vips)),
+                ready_condition([f"{vip}:{port.port}" for vip in vips], health.endpoint_answers),
+                backends_condition(alive, len(addrs), "TCP probes of the nodes' API servers"),
+            ]
+
+        self.status = at_up(pulumi.Output.all(addresses, done), conditions)
+        self.outputs = pulumi.Output.all(addresses, done, self.status).apply(lambda v: {
             "type": "keepalived",
             "endpoint": f"{vips[0]}:{port.port}",
             "mode": mode,
@@ -114,6 +125,7 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
             "holders": {vip: holders.get(vip) for vip in vips},
             "addresses": [a for a in v[0] if a],
             "backends": [{"name": n, "address": a, "port": port.backend_port} for n, a in zip(names, v[0]) if a],
+            "status": v[2],
         })
-        self.routing = routing(nodes)
+        self.routing = routing(port_pairs(nodes, lb.ports))
         self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})

@@ -11,8 +11,11 @@ from typing import Optional
 import pulumi
 
 from components.common import LoadBalancerArgs, instance_config
+import health
 from components.render import render
-from components.targets import routing
+from components.status import at_up, backends_condition, condition, ready_condition
+from components.targets import port_pairs, routing
+from providers.haproxy_runtime import RUNTIME_PORT
 from providers.instance import Instance
 from providers.instance_file import InstanceFile
 from spec import LoadBalancerSpec
@@ -28,22 +31,51 @@ KEEPALIVED_RELOAD = ["sh", "-c", "if [ -s /run/keepalived.pid ]; then kill -HUP 
 
 
 class RenderedBackend:
-    def __init__(self, name: str, address: str):
-        self.name, self.address = name, address
+    """A backend as the template sees it: addresses already resolved and checked."""
 
-    def address_port(self, port: int) -> str:
-        return f"[{self.address}]:{port}" if ":" in self.address else f"{self.address}:{port}"
+    def __init__(self, name: str, address: str, address6: str = ""):
+        self.name, self.address, self.address6 = name, address, address6
+
+    def __getitem__(self, attr: str) -> str:
+        return getattr(self, attr)
+
+    def address_port(self, attr: str, port: Optional[int]) -> str:
+        address = getattr(self, attr)
+        host = f"[{address}]" if ":" in address else address
+        return f"{host}:{port}" if port else host
 
 
-def render_haproxy(stack: str, lb: LoadBalancerSpec, backends: list[RenderedBackend]) -> str:
+def haproxy_families(families, ipv4_binds=("0.0.0.0",)) -> list[dict]:
+    """One frontend/backend pair per address family: IPv4 clients reach IPv4 backends, IPv6 clients IPv6
+    backends (so a dual-stack endpoint really reaches the backends over both families)."""
+    out = []
+    if "IPv4" in families:
+        out.append({"suffix": "", "binds": list(ipv4_binds), "opts": "", "attr": "address"})
+    if "IPv6" in families:
+        out.append({"suffix": "_v6", "binds": ["::"], "opts": " v6only", "attr": "address6"})
+    return out
+
+
+def render_haproxy(stack: str, lb: LoadBalancerSpec, backends: list[RenderedBackend],
+                   ipv4_binds=("0.0.0.0",)) -> str:
     return render(
         "haproxy.cfg.j2",
         stack=stack, lb=lb, hc=lb.health_check, ports=lb.ports, backends=backends,
         # Bind on every address: the VIP comes and goes with VRRP, and the instance's own address works too.
-        bind_addresses=["::"] if "IPv6" in lb.ip_families else ["0.0.0.0"],
-        bind_opts=" v4v6" if "IPv6" in lb.ip_families else "",
-        monitor_port=MONITOR_PORT, drain_seconds=max(lb.drain.timeout_seconds, 1),
+        families=haproxy_families(lb.ip_families, ipv4_binds),
+        monitor_port=MONITOR_PORT, drain_seconds=max(lb.drain.timeout_seconds, 1), runtime_port=RUNTIME_PORT,
     )
+
+
+def haproxy_drain(lb: LoadBalancerSpec) -> dict:
+    """How InstanceFile applies a haproxy.cfg that drops servers (see providers/haproxy_runtime.py)."""
+    return {"kind": "haproxy", "timeoutSeconds": lb.drain.timeout_seconds}
+
+
+def rendered_backends(backends) -> "pulumi.Output[list[RenderedBackend]]":
+    rows = [pulumi.Output.all(b.name, b.address, b.address6) for b in backends]
+    return pulumi.Output.all(*rows).apply(
+        lambda rows: [RenderedBackend(n, a or "", a6 or "") for n, a, a6 in rows if a or a6])
 
 
 class HaproxyLoadBalancer(pulumi.ComponentResource):
@@ -83,6 +115,7 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
                 name=ctx.object_name(lb.name, "haproxy", str(n)),
                 connection=ctx.connection,
                 credentials=ctx.credentials,
+                address_families=ctx.address_families,
                 owner_stack=ctx.stack,
                 owner_id=f"lb/{lb.name}",
                 config=instance_config(lxc.instance, labels),
@@ -93,10 +126,7 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
             ))
 
         backends = args.backends
-        names = [b.name for b in backends]
-        resolved = pulumi.Output.all(*[b.address for b in backends]).apply(
-            lambda addrs: [RenderedBackend(n, a) for n, a in zip(names, addrs) if a]
-        )
+        resolved = rendered_backends(backends)
         haproxy_cfg = resolved.apply(lambda bs: render_haproxy(ctx.stack, lb, bs))
         self.files: list[InstanceFile] = []
         for n, inst in enumerate(self.instances, start=1):
@@ -104,7 +134,8 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
                 f"{name}-haproxy-cfg-{n}",
                 instance=inst.name, instance_uuid=inst.uuid, path=self.CONFIG_PATH, content=haproxy_cfg,
                 connection=ctx.connection, credentials=ctx.credentials,
-                validate_command=HAPROXY_VALIDATE, reload_command=self.RELOAD, opts=child,
+                validate_command=HAPROXY_VALIDATE, reload_command=self.RELOAD, drain=haproxy_drain(lb),
+                opts=child,
             ))
             if ha:
                 conf = render(
@@ -124,24 +155,54 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
                 ))
 
         addresses = pulumi.Output.all(*[i.address for i in self.instances])
-        if ha:
-            self.endpoint = pulumi.Output.from_input(f"{lxc.vip}:{port}")
-        else:
-            self.endpoint = self.instances[0].address.apply(lambda a: f"{a}:{port}")
+        first = self.instances[0]
+        families = lb.ip_families
+
+        def endpoints(v4: str, v6: list) -> list[str]:
+            out = []
+            if "IPv4" in families:
+                out.append(f"{lxc.vip if ha else v4}:{port}")
+            if "IPv6" in families and v6:
+                out.append(f"[{v6[0]}]:{port}")
+            return out
+
+        self.endpoints = pulumi.Output.all(first.address, first.ipv6).apply(lambda v: endpoints(v[0], v[1]))
+        self.endpoint = self.endpoints.apply(lambda e: e[0] if e else "")
         # Outputs wait for the config files, so `endpoint` is only reported once it serves.
         files_done = pulumi.Output.all(*[f.content_hash for f in self.files])
-        self.outputs = pulumi.Output.all(self.endpoint, addresses, resolved, files_done).apply(
+        statuses = pulumi.Output.all(*[i.status for i in self.instances])
+        names = [ctx.object_name(lb.name, "haproxy", str(n)) for n in range(1, lxc.replicas + 1)]
+
+        def conditions(v) -> list[dict]:
+            eps, states, rendered = v[0], v[1], v[2]
+            running = sum(s == "Running" for s in states)
+            servers = health.haproxy_servers(facts.client, names[0], settle_seconds=5.0) if running else {}
+            wanted = {b.name for b in rendered}
+            return [
+                condition("Exists", running == len(states), "InstancesRunning" if running == len(states)
+                          else "InstancesNotRunning", f"{running} of {len(states)} haproxy instances running"),
+                ready_condition(eps, health.endpoint_answers),
+                backends_condition(sum(bool(servers.get(n)) for n in wanted), len(wanted),
+                                   f"haproxy runtime API of {names[0]}"),
+            ]
+
+        self.status = at_up(pulumi.Output.all(self.endpoints, statuses, resolved, files_done), conditions)
+        self.outputs = pulumi.Output.all(self.endpoints, addresses, resolved, files_done, self.status).apply(
             lambda v: {
                 "type": lb.type,
-                "endpoint": v[0],
+                "endpoint": v[0][0] if v[0] else "",
+                "endpoints": v[0],
+                "ipFamilies": families,
                 "addresses": v[1],
                 "mode": "vrrp" if ha else "single",
                 "vip": lxc.vip,
                 "backends": [
-                    {"name": b.name, "address": b.address, "port": p.backend_port, "portName": p.name}
+                    {"name": b.name, "address": b.address, "address6": b.address6, "port": p.backend_port,
+                     "portName": p.name}
                     for p in lb.ports for b in v[2]
                 ],
+                "status": v[4],
             }
         )
-        self.routing = routing(backends)
+        self.routing = routing(port_pairs(backends, lb.ports), lb.ip_families)
         self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})

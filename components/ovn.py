@@ -11,7 +11,9 @@ from typing import Optional
 import pulumi
 
 from components.common import LoadBalancerArgs
-from components.targets import routing
+import health
+from components.status import at_up, backends_condition, condition, ready_condition
+from components.targets import port_pairs, routing
 from providers.network_lb import NetworkLoadBalancer
 
 REQUIRED_EXTENSIONS = ("network_load_balancer", "network_load_balancer_health_check")
@@ -61,11 +63,25 @@ class OvnLoadBalancer(pulumi.ComponentResource):
         )
         host = f"[{ovn.listen_address}]" if ":" in ovn.listen_address else ovn.listen_address
         self.endpoint = pulumi.Output.from_input(f"{host}:{lb.ports[0].port}")
-        self.outputs = pulumi.Output.all(backends, self.balancer.health).apply(lambda v: {
+        endpoint = f"{host}:{lb.ports[0].port}"
+
+        def conditions(v) -> list[dict]:
+            rows, state = v[0], v[1] or {}
+            online = sum(state.get(r["name"]) == "online" for r in rows)
+            return [
+                condition("Exists", True, "BalancerPresent", f"network load balancer {ovn.listen_address} on "
+                          f"{ovn.network_name}"),
+                ready_condition([endpoint], health.endpoint_answers),
+                backends_condition(online, len(rows), "OVN state endpoint"),
+            ]
+
+        self.status = at_up(pulumi.Output.all(backends, self.balancer.health), conditions)
+        self.outputs = pulumi.Output.all(backends, self.balancer.health, self.status).apply(lambda v: {
             "type": "ovn",
             "endpoint": f"{host}:{lb.ports[0].port}",
             "addresses": [ovn.listen_address],
             "backends": [{**r, "health": (v[1] or {}).get(r["name"], "unknown")} for r in v[0]],
+            "status": v[2],
         })
-        self.routing = routing(targets)
+        self.routing = routing(port_pairs(targets, lb.ports))
         self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})

@@ -44,9 +44,6 @@ def check_all(ctx: StackContext, stack: StackSpec, facts: Facts) -> None:
             facts.require_extensions(f"{field}.type (ovn)", *ovn_strategy.REQUIRED_EXTENSIONS)
             facts.check_ovn_listen_address(field, lb.ovn.network_name, lb.ovn.listen_address)
         elif lb.type == "keepalived":
-            if lb.effective_targets().addresses:
-                raise ValueError(f"{field}.targets: keepalived runs on the control-plane instances; select them "
-                                 "with `targets.selector`, not `targets.addresses`")
             for j, vi in enumerate(lb.keepalived.vrrp_instances):
                 for k, vip in enumerate(vi.virtual_ips):
                     facts.check_vip(f"{field}.keepalived.vrrpInstances[{j}].virtualIPs[{k}]", vip.split("/")[0],
@@ -54,9 +51,6 @@ def check_all(ctx: StackContext, stack: StackSpec, facts: Facts) -> None:
         elif lb.type == "dns":
             ctx.object_name(lb.name, "proxy", str(lb.dns.nodes.count))
             facts.image_fingerprint(f"{field}.dns.nodes.instanceSpec.image", lb.dns.nodes.instance.image)
-        elif lb.type == "external" and lb.external.kube_vip and lb.effective_targets().addresses:
-            raise ValueError(f"{field}.external.kubeVip: kube-vip is pushed to control-plane instances; "
-                             "select them with `targets.selector`, not `targets.addresses`")
 
 
 def build(name: str, ctx: StackContext, lb: LoadBalancerSpec, field: str, facts: Facts, backends,

@@ -31,6 +31,7 @@ class Backend:
     uuid: Any = ""
     source: str = "address"  # address | instance | stack-instance
     resource: Any = None  # the Instance resource, for instances this stack creates
+    address6: Any = ""  # the instance's IPv6 address (dual stack), or ""
 
     def __post_init__(self):
         if not _SAFE_NAME.match(self.name):
@@ -52,13 +53,18 @@ def resolve(lb: LoadBalancerSpec, field: str, facts: Facts, stack: str, stack_in
 
 def resolve_targets(targets: TargetsSpec, field: str, facts: Facts, stack: str, stack_instances: dict) -> list[Backend]:
     if targets.addresses:
-        return [Backend(t.name, checked_address(t.address, f"{field}.targets"), "", "address")
-                for t in targets.addresses]
+        out = []
+        for t in targets.addresses:
+            address = checked_address(t.address, f"{field}.targets")
+            v6 = ":" in address
+            out.append(Backend(t.name, "" if v6 else address, "", "address", address6=address if v6 else ""))
+        return out
     selector = targets.selector
     backends: list[Backend] = []
     for name, (labels, resource) in sorted(stack_instances.items()):
         if selector_matches(selector, labels) and not is_disabled(labels):
-            backends.append(Backend(name, resource.address, resource.uuid, "stack-instance", resource))
+            backends.append(Backend(name, resource.address, resource.uuid, "stack-instance", resource,
+                                    address6=resource.ipv6.apply(lambda v6: (v6 or [""])[0])))
     for inst in facts.instances():
         owner = inst.owner_id or ""
         if inst.name in stack_instances or owner.startswith("lb/"):
@@ -71,13 +77,28 @@ def resolve_targets(targets: TargetsSpec, field: str, facts: Facts, stack: str, 
             pulumi.log.warn(f"{field}: instance {inst.name} matches the selector but has no address "
                             f"({inst.status}); left out")
             continue
-        backends.append(Backend(inst.name, checked_address(inst.ipv4[0], inst.name), inst.uuid, "instance"))
+        backends.append(Backend(inst.name, checked_address(inst.ipv4[0], inst.name), inst.uuid, "instance",
+                                address6=checked_address(inst.ipv6[0], inst.name) if inst.ipv6 else ""))
     return sorted(backends, key=lambda b: b.name)
 
 
-def routing(backends: list[Backend]) -> "pulumi.Output[dict]":
-    """Ironcore-style routing: one destination per backend instance (however many ports or roles reach it),
-    with its name, address and Incus uuid."""
-    rows = [pulumi.Output.all(b.name, b.address, b.uuid) for b in backends]
-    return pulumi.Output.all(*rows).apply(lambda rows: {"destinations": [
-        {"name": n, "address": a, "uuid": u} for n, a, u in sorted({tuple(r) for r in rows if r[1]})]})
+def routing(pairs: list[tuple[Backend, int]], families=("IPv4",)) -> "pulumi.Output[dict]":
+    """Ironcore-style routing (LoadBalancerRouting): every resolved destination, one row per backend instance,
+    address family and backend port, with the instance's name and Incus uuid."""
+    rows = [pulumi.Output.all(b.name, b.uuid, b.address, b.address6, port) for b, port in pairs]
+
+    def table(rows):
+        out = set()
+        for name, uuid, v4, v6, port in rows:
+            for family, address in (("IPv4", v4), ("IPv6", v6)):
+                if address and family in families:
+                    out.add((name, uuid or "", address, int(port), family))
+        return {"destinations": [{"name": n, "uuid": u, "address": a, "port": p, "family": f}
+                                 for n, u, a, p, f in sorted(out)]}
+
+    return pulumi.Output.all(*rows).apply(table)
+
+
+def port_pairs(backends: list[Backend], ports) -> list[tuple[Backend, int]]:
+    """(backend, backend port) for every balanced port (a range is routed by its first port)."""
+    return [(b, p.backend_port) for p in ports for b in backends]

@@ -84,21 +84,27 @@ def _update(props: dict, addresses: list[str], *, delete_owner: bool = False):
     upd = dns.update.Update(props["zone"], keyring=_keyring(props["tsig"]), keyname=props["tsig"]["name"],
                             keyalgorithm=props["tsig"]["algorithm"])
     upd.delete(relative, "A")
+    upd.delete(relative, "AAAA")
     if delete_owner:
         upd.delete(relative, "TXT")
         return upd
     for addr in addresses:
-        upd.add(relative, int(props["ttl"]), "A", addr)
+        upd.add(relative, int(props["ttl"]), "AAAA" if ":" in addr else "A", addr)
     upd.replace(relative, int(props["ttl"]), "TXT", f'"{_owner(props)}"')
     return upd
+
+
+def published(props: dict) -> list[str]:
+    """The A and AAAA records the server answers now."""
+    return sorted(_query(props, "A") + _query(props, "AAAA"))
 
 
 def check_owner(props: dict) -> None:
     owners = [t for t in _query(props, "TXT") if t.startswith("cplb-owner=")]
     if owners and _owner(props) not in owners:
         raise DnsError(f"{props['fqdn']} belongs to {owners[0].split('=', 1)[1]}; incus-cplb never overwrites it")
-    if not owners and _query(props, "A"):
-        raise DnsError(f"{props['fqdn']} already has A records not made by incus-cplb; remove them or pick another "
+    if not owners and published(props):
+        raise DnsError(f"{props['fqdn']} already has A/AAAA records not made by incus-cplb; remove them or pick another "
                        "hostname")
 
 
@@ -106,7 +112,7 @@ class DnsRecordSetProvider(ResourceProvider):
     def _apply(self, props: dict) -> dict:
         addresses = sorted(props.get("addresses") or [])
         _send(props, _update(props, addresses))
-        return {**props, "addresses": addresses, "published": _query(props, "A")}
+        return {**props, "addresses": addresses, "published": published(props)}
 
     def create(self, props):
         check_owner(props)
@@ -128,11 +134,11 @@ class DnsRecordSetProvider(ResourceProvider):
         return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
 
     def read(self, id_, props):
-        published = _query(props, "A")
+        found = published(props)
         owners = [t for t in _query(props, "TXT") if t.startswith("cplb-owner=")]
-        if not owners and not published:
+        if not owners and not found:
             return ReadResult(id_="", outs={})
-        return ReadResult(id_=id_, outs={**props, "published": published})
+        return ReadResult(id_=id_, outs={**props, "published": found})
 
     def delete(self, _id, props):
         owners = [t for t in _query(props, "TXT") if t.startswith("cplb-owner=")]

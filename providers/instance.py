@@ -119,7 +119,15 @@ class InstanceProvider(ResourceProvider):
         if inst.get("status") != "Running":
             client.set_state(name, "start")
         inst = client.wait_for_address(name, timeout=float(props.get("addressTimeout") or 60))
+        inst = self._wait_ipv6(client, name, props, inst)
         return CreateResult(id_=name, outs=instance_outputs(props, inst))
+
+    @staticmethod
+    def _wait_ipv6(client, name: str, props: dict, inst: dict) -> dict:
+        """Dual-stack stacks: SLAAC gives the IPv6 address a moment after DHCP gives the IPv4 one."""
+        if "inet6" in (props.get("addressFamilies") or []) and not addresses_of(inst).get("inet6"):
+            return client.wait_for_address(name, family="inet6", timeout=20)
+        return inst
 
     def _converge(self, client, name: str, props: dict) -> None:
         current, etag = client.etag_get(f"instances/{name}", what=f"read instance {name}")
@@ -177,6 +185,7 @@ class InstanceProvider(ResourceProvider):
         if inst.get("status") != "Running":
             client.set_state(name, "start")
             inst = client.wait_for_address(name)
+        inst = self._wait_ipv6(client, name, props=news, inst=inst)
         return UpdateResult(outs=instance_outputs(news, inst))
 
     def delete(self, id_, props):
@@ -219,6 +228,7 @@ class Instance(pulumi.dynamic.Resource, module="incus", name="Instance"):
         ignore_addresses: Optional[list] = None,
         image_fingerprint: Optional[str] = None,
         oci: Optional[dict] = None,
+        address_families: Optional[list] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         props = {
@@ -236,6 +246,8 @@ class Instance(pulumi.dynamic.Resource, module="incus", name="Instance"):
             "ignoreAddresses": ignore_addresses or [],
             "running": True,
             "oci": oci or {},
+            # Not compared by diff: only how long create waits for addresses.
+            "addressFamilies": address_families or ["inet"],
             "imageFingerprint": image_fingerprint or "",
             "project": connection.get("project", "default"),
             # outputs

@@ -16,6 +16,7 @@ from typing import Optional
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
+from providers import haproxy_runtime
 from providers.incus_client import Connection, IncusError, client_for
 from providers.values import plain
 
@@ -35,11 +36,28 @@ def _shell(cmd: Optional[list], staged: str) -> Optional[list]:
 
 
 class InstanceFileProvider(ResourceProvider):
-    def _apply(self, props: dict) -> dict:
+    @staticmethod
+    def _drain(client, props: dict) -> Optional[dict]:
+        """Before a haproxy.cfg drops servers: drain them through the runtime API and wait (bounded) for their
+        connections to end, so `up` returns once the members are really out of use."""
+        drain = props.get("drain") or {}
+        if drain.get("kind") != "haproxy":
+            return None
+        found = client.pull_file(props["instance"], props["path"])
+        if found is None:
+            return None
+        removed = haproxy_runtime.servers_in(found[0].decode(errors="replace")) - \
+            haproxy_runtime.servers_in(props["content"])
+        if not removed:
+            return None
+        return haproxy_runtime.drain(client, props["instance"], removed, float(drain.get("timeoutSeconds") or 0))
+
+    def _apply(self, props: dict, drain_first: bool = False) -> dict:
         client = client_for(_conn(props))
         name, path = props["instance"], props["path"]
         staged = f"{path}.cplb-new"
         mode = int(props.get("mode") or "0644", 8)
+        drained = self._drain(client, props) if drain_first else None
         client.exec(name, ["mkdir", "-p", path.rsplit("/", 1)[0] or "/"])
         client.push_file(name, staged, props["content"].encode(), mode=mode)
         validate = _shell(props.get("validateCommand"), staged)
@@ -60,7 +78,10 @@ class InstanceFileProvider(ResourceProvider):
             rc, out, err = client.exec(name, list(reload))
             if rc != 0:
                 raise IncusError(f"{path} in {name}: reload (`{' '.join(reload)}`) exited {rc}: {(err or out).strip()}")
-        return self._outs(props, content_hash(props["content"]))
+        outs = self._outs(props, content_hash(props["content"]))
+        if drained:
+            outs["lastDrain"] = drained
+        return outs
 
     @staticmethod
     def _outs(props: dict, digest: str) -> dict:
@@ -71,7 +92,7 @@ class InstanceFileProvider(ResourceProvider):
         return CreateResult(id_=f"{props['instance']}:{props['path']}", outs=outs)
 
     def update(self, _id, _olds, news):
-        return UpdateResult(outs=self._apply(news))
+        return UpdateResult(outs=self._apply(news, drain_first=True))
 
     def diff(self, _id, olds, news):
         replaces = [k for k in REPLACE_KEYS if olds.get(k) != news.get(k)]
@@ -80,6 +101,7 @@ class InstanceFileProvider(ResourceProvider):
         # During preview the content may be unknown (it depends on addresses not yet assigned).
         if not isinstance(content, str) or olds.get("contentHash") != content_hash(content):
             changed.append("content")
+        # `drain` is not compared: it only says how the next content change is applied.
         for k in ("mode", "validateCommand", "reloadCommand", "instanceUuid"):
             new = news.get(k)
             if not isinstance(new, (str, list, tuple, type(None))) or plain(olds.get(k)) != plain(new):
@@ -125,6 +147,7 @@ class InstanceFile(pulumi.dynamic.Resource, module="incus", name="InstanceFile")
         mode: str = "0644",
         validate_command: Optional[list[str]] = None,
         reload_command: Optional[list[str]] = None,
+        drain: Optional[dict] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         props = {
@@ -137,6 +160,7 @@ class InstanceFile(pulumi.dynamic.Resource, module="incus", name="InstanceFile")
             "mode": mode,
             "validateCommand": validate_command,
             "reloadCommand": reload_command,
+            "drain": drain,
             "contentHash": None,
         }
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["credentials"]))

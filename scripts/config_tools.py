@@ -118,6 +118,15 @@ def config_markdown(schema: dict) -> str:
         kind, r = _type_of(prop)
         refs += r
         out.append(f"| `{key}` | {kind} |")
+    out += ["", "## Capabilities per strategy (enforced at preview)", "",
+            "| type | protocols | port ranges (`endPort`) | `ipFamilies` | `targets.addresses` |",
+            "| --- | --- | --- | --- | --- |"]
+    for kind, caps in spec.CAPABILITIES.items():
+        out.append(f"| `{kind}` | {', '.join(caps['protocols'])} | {'yes' if caps['ranges'] else 'no'} | "
+                   f"{', '.join(caps['families'])} | {'yes' if caps['addresses'] else 'no (selector only)'} |")
+    out += ["", "Rules for every strategy (Ironcore's): `endPort >= port`; ranges of one protocol may not overlap;",
+            "a range forwards each port to the same port, so it takes no `targetPort`. Selector operators: `In`,",
+            "`NotIn` (at least one value), `Exists`, `DoesNotExist` (no values).", ""]
     seen: set = set()
     for ref in refs:
         _md_rows(ref, defs[ref], defs, out, seen)

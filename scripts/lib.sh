@@ -9,6 +9,8 @@ CPLB_POOL=${CPLB_POOL:-cplb}
 CPLB_BRIDGE=${CPLB_BRIDGE:-cplbbr0}
 # 198.18.0.0/15 is reserved for benchmarking; .2-.99 are left free for VIPs, DHCP hands out .100-.199.
 CPLB_BRIDGE_ADDR=${CPLB_BRIDGE_ADDR:-198.18.10.1/24}
+# A unique-local IPv6 prefix (fd00::/8) for dual-stack balancers; instances take addresses by SLAAC.
+CPLB_BRIDGE_ADDR6=${CPLB_BRIDGE_ADDR6:-fd00:198:18:10::1/64}
 CPLB_DHCP_RANGE=${CPLB_DHCP_RANGE:-198.18.10.100-198.18.10.199}
 
 _t0() { date +%s.%N; }

@@ -118,6 +118,32 @@ INVALID = [
      "cplb:loadBalancers[0].lxc.authPass", "at most 8 characters"),
     ({"loadBalancers": [lb(lxc={"replicas": 2, "vip": "198.18.10.5", "authPass": "a b"})]},
      "cplb:loadBalancers[0].lxc.authPass", "pattern"),
+    # Ironcore's port rules and the capability table (issue 7)
+    ({"loadBalancers": [lb(ports=[{"name": "r", "port": 8010, "endPort": 8000}])]},
+     "cplb:loadBalancers[0].ports[0]", "endPort 8000 must be >= port 8010"),
+    ({"loadBalancers": [lb(ports=[{"name": "a", "port": 8000, "endPort": 8010},
+                                  {"name": "b", "port": 8005, "endPort": 8020}])]},
+     "cplb:loadBalancers[0]", "ports[1] (TCP 8005-8020) overlaps ports[0] (TCP 8000-8010)"),
+    ({"loadBalancers": [lb(ports=[{"name": "r", "port": 8000, "endPort": 8010, "targetPort": 9000}])]},
+     "cplb:loadBalancers[0].ports[0]", "leave targetPort out"),
+    ({"loadBalancers": [lb(type="ovn", ovn={"networkName": "n", "listenAddress": "198.18.20.200"},
+                           ports=[{"name": "r", "port": 8000, "endPort": 8010}])]},
+     "cplb:loadBalancers[0]", "ports[0].endPort: the ovn strategy cannot balance a port range"),
+    ({"loadBalancers": [{**ka(), "ipFamilies": ["IPv4", "IPv6"]}]},
+     "cplb:loadBalancers[0]", "ipFamilies: the keepalived strategy serves IPv4 only, not IPv6"),
+    ({"loadBalancers": [lb(ipFamilies=["IPv4", "IPv6"], lxc={"replicas": 2, "vip": "198.18.10.5"})]},
+     "cplb:loadBalancers[0]", "IPv6 with lxc.replicas > 1"),
+    ({"loadBalancers": [lb(ipFamilies=["IPv5"])]}, "cplb:loadBalancers[0].ipFamilies[0]", "'IPv4' or 'IPv6'"),
+    ({"loadBalancers": [{**ka(), "targets": {"addresses": [{"name": "a", "address": "198.18.10.7"}]}}]},
+     "cplb:loadBalancers[0]", "targets.addresses: the keepalived strategy runs on the selected instances"),
+    ({"loadBalancers": [lb(targets={"selector": {"matchExpressions": [{"key": "user.a", "operator": "Near",
+                                                                       "values": ["x"]}]}})]},
+     "cplb:loadBalancers[0].targets.selector.matchExpressions[0].operator", "'In', 'NotIn', 'Exists' or 'DoesNotExist'"),
+    ({"loadBalancers": [lb(targets={"selector": {"matchExpressions": [{"key": "user.a", "operator": "Exists",
+                                                                       "values": ["x"]}]}})]},
+     "cplb:loadBalancers[0].targets.selector.matchExpressions[0]", "takes no values"),
+    ({"loadBalancers": [lb(ports=[{"name": "s", "protocol": "SCTP", "port": 36412}])]},
+     "cplb:loadBalancers[0]", "ports[0].protocol: the lxc strategy balances TCP only, not SCTP"),
 ]
 
 
@@ -160,3 +186,14 @@ def test_dev_stack_file_is_valid():
     values = {k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("cplb:")}
     s = spec.parse(values)
     assert s.instance_groups[0].count == 3
+
+
+def test_port_range_and_dual_stack_accepted_where_the_strategy_can():
+    s = spec.parse({"loadBalancers": [lb(ipFamilies=["IPv4", "IPv6"],
+                                         ports=[{"name": "r", "port": 30000, "endPort": 30010},
+                                                {"name": "u", "port": 30011}])]})
+    p = s.load_balancers[0].ports[0]
+    assert p.is_range and p.listen == "30000-30010" and p.last_port == 30010
+    # Different protocols may share ports.
+    spec.parse({"loadBalancers": [dns(), lb(name="ext", type="external", external={"endpoint": "198.18.10.9:53"},
+                                         ports=[{"name": "t", "port": 53}, {"name": "u", "protocol": "UDP", "port": 53}])]})

@@ -44,3 +44,28 @@ def test_userspace_mode_has_no_virtual_servers_and_v3_for_fractional_adverts():
     text = render_keepalived(keepalived_lb(advertIntervalSeconds=0.1), ipvs=False)
     assert "virtual_server" not in text and "version 3" in text and "advert_int 0.1" in text
     assert "authentication" not in text
+
+
+def test_haproxy_dual_stack_and_range_render_and_pass_haproxy_check(tmp_path):
+    from components.lxc import RenderedBackend, render_haproxy
+    from providers.haproxy_runtime import servers_in
+
+    lb = spec.parse({"loadBalancers": [{"name": "api", "cluster": "demo", "type": "lxc",
+                                        "ipFamilies": ["IPv4", "IPv6"],
+                                        "ports": [{"name": "api", "port": 6443},
+                                                  {"name": "nodeports", "port": 30000, "endPort": 30010}]}]}
+                    ).load_balancers[0]
+    text = render_haproxy("s", lb, [RenderedBackend("cp-1", "198.18.10.101", "fd00:198:18:10::65"),
+                                    RenderedBackend("cp-2", "198.18.10.102", "")])
+    assert "bind 0.0.0.0:6443\n" in text and "bind :::6443 v6only" in text
+    assert "server cp-1 [fd00:198:18:10::65]:6443" in text and "server cp-1 198.18.10.101:6443" in text
+    assert "bind 0.0.0.0:30000-30010" in text and "server cp-2 198.18.10.102 port 30000" in text
+    # cp-2 has no IPv6 address: it is not in the IPv6 backends.
+    assert ("be_api_v6", "cp-2") not in servers_in(text) and ("be_api_v6", "cp-1") in servers_in(text)
+    assert ("be_nodeports", "cp-2") in servers_in(text)
+    if not shutil.which("haproxy"):
+        pytest.skip("haproxy not installed")
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text)
+    r = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
