@@ -18,9 +18,16 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def endpoint_answers(endpoint: str) -> bool:
+def endpoint_answers(endpoint: str, wait_seconds: float = 8.0) -> bool:
+    """A TCP connection to the endpoint succeeds. Right after `up` pushed a first config the service may still be
+    starting (connection refused): that gets `wait_seconds`; no answer at all is a plain no."""
     host, port = split_endpoint(endpoint)
-    return tcp_probe(host, port, timeout=2.0) == "ok"
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        result = tcp_probe(host, port, timeout=2.0)
+        if result != "refused" or time.monotonic() >= deadline:
+            return result == "ok"
+        time.sleep(0.25)
 
 
 def haproxy_servers(client, instance: str, settle_seconds: float = 5.0) -> dict[str, bool]:

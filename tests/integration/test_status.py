@@ -31,6 +31,7 @@ def test_status_shows_live_backend_state():
 
         before = status()
         assert "answers" in before
+        assert "Exists=True  Ready=True  BackendsHealthy=True" in before, before
         assert row(before, f"{name}-cp-1").endswith("up") and row(before, f"{name}-cp-2").endswith("up")
         incus().set_state(f"{name}-cp-2", "stop", force=True)
         after = status()
