@@ -5,7 +5,6 @@ strategy needs its backends there), and the haproxy and nginx balancers on the p
 the host's route to the OVN network.
 """
 
-import json
 import random
 
 import pytest
@@ -40,7 +39,8 @@ def test_one_cluster_moves_from_lxc_to_dns_to_ovn(ovn, dns_server):  # noqa: F81
     }
 
     def use(stack, kind: str):
-        stack.set_config("cplb:loadBalancers", ConfigValue(json.dumps([{**common, "type": kind, **sections[kind]}])))
+        project.write_stack_config(name, base_config(instanceGroups=[group],
+                                                     loadBalancers=[{**common, "type": kind, **sections[kind]}]))
         if kind == "dns":
             stack.set_config("cplb:loadBalancers[0].dns.tsig.secret",
                              ConfigValue(dns_server["secret"], secret=True), path=True)
@@ -52,12 +52,12 @@ def test_one_cluster_moves_from_lxc_to_dns_to_ovn(ovn, dns_server):  # noqa: F81
         up = stack.up(on_output=quiet)
         ep = up.outputs["loadBalancers"].value["api"]["endpoint"]
         host, port = ep.rsplit(":", 1)
-        assert set(instances_with_prefix(f"{name}-api-")) == {f"{name}-api-haproxy-1"}
+        assert set(instances_with_prefix(f"{name}-api")) == {f"{name}-api-haproxy-1"}
         assert wait_for(lambda: {http_get(host, int(port), timeout=3) for _ in range(8)} == cps, 40), "lxc"
 
         use(stack, "dns")
         up = stack.up(on_output=quiet)
-        assert set(instances_with_prefix(f"{name}-api-")) == {f"{name}-api-proxy-1", f"{name}-api-proxy-2"}
+        assert set(instances_with_prefix(f"{name}-api")) == {f"{name}-api-proxy-1", f"{name}-api-proxy-2"}
         nodes = resolve(dns_server, fqdn)
         assert len(nodes) == 2 and sorted(nodes) == sorted(up.outputs["loadBalancers"].value["api"]["published"])
         for node in nodes:
@@ -65,7 +65,7 @@ def test_one_cluster_moves_from_lxc_to_dns_to_ovn(ovn, dns_server):  # noqa: F81
 
         use(stack, "ovn")
         up = stack.up(on_output=quiet)
-        assert instances_with_prefix(f"{name}-api-") == {}, "the dns strategy's proxy nodes were not deleted"
+        assert instances_with_prefix(f"{name}-api") == {}, "the dns strategy's proxy nodes were not deleted"
         assert resolve(dns_server, fqdn) == [], "the dns strategy's records were not deleted"
         assert up.outputs["loadBalancers"].value["api"]["endpoint"] == f"{listen}:6443"
         assert listen in nb_load_balancers()
