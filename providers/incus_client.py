@@ -123,13 +123,16 @@ class IncusClient:
             resp = session.request(method, url, params=params, json=json, data=data, headers=headers,
                                    timeout=120, verify=self.api.session.verify)
         except Exception as exc:
-            raise IncusError(f"{what or method + ' ' + path}: cannot reach Incus ({type(exc).__name__}: {exc})")
+            raise IncusError(f"{what or method + ' ' + path}: cannot reach Incus ({type(exc).__name__}: {exc}); "
+                             "run `up` again once incusd answers: it adopts what this run made")
         if resp.status_code not in ok:
             try:
                 detail = resp.json().get("error") or resp.text
             except ValueError:
                 detail = resp.text
-            raise IncusError(f"{what or method + ' ' + path}: Incus answered {resp.status_code}: {detail}",
+            hint = ("; Incus is unavailable: run `up` again once incusd answers, it adopts what this run made"
+                    if resp.status_code == 503 else "")
+            raise IncusError(f"{what or method + ' ' + path}: Incus answered {resp.status_code}: {detail}{hint}",
                              status=resp.status_code)
         return resp
 

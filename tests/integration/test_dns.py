@@ -171,3 +171,45 @@ def test_dns_invalid_config_fails_at_preview(dns_server):
             stack.preview(on_output=quiet)
         assert "cplb:loadBalancers[0].dns.roles[1]" in str(exc.value) and "reserved" in str(exc.value)
         assert instances_with_prefix(name) == {}
+
+
+def signed_update(server: dict, fqdn: str, change) -> None:
+    import dns.query
+    import dns.tsigkeyring
+    import dns.update
+
+    keyring = dns.tsigkeyring.from_text({"cplb-update.": ("hmac-sha256", server["secret"])})
+    upd = dns.update.Update(ZONE, keyring=keyring, keyname="cplb-update.", keyalgorithm="hmac-sha256")
+    change(upd, fqdn)
+    r = dns.query.tcp(upd, "127.0.0.1", port=server["port"], timeout=5)
+    assert r.rcode() == 0, r
+
+
+def test_dns_records_changed_or_deleted_out_of_band_are_seen_by_refresh_and_repaired(dns_server):
+    cluster = f"d{random.randrange(16**5):05x}"
+    hostname = f"oob-{cluster}"
+    fqdn = f"{hostname}.{ZONE}"
+    with pulumi_stack(config(dns_server, cluster, hostname)) as (project, name, stack):
+        set_secret(stack, dns_server)
+        nodes = sorted(stack.up(on_output=quiet).outputs["loadBalancers"].value["api"]["addresses"])
+        assert resolve(dns_server, fqdn) == nodes
+
+        # One of our records replaced by a stranger's address.
+        def tamper(upd, name):
+            upd.delete(name, "A", nodes[0])
+            upd.add(name, 30, "A", "198.18.10.250")
+        signed_update(dns_server, fqdn, tamper)
+        refreshed = stack.refresh(on_output=quiet)
+        assert refreshed.summary.resource_changes.get("update", 0) >= 1, refreshed.summary.resource_changes
+        pv = stack.preview(on_output=quiet)
+        assert pv.change_summary.get("update", 0) >= 1, pv.change_summary
+        stack.up(on_output=quiet)
+        assert resolve(dns_server, fqdn) == nodes
+
+        # The whole name deleted: refresh drops the record set, up publishes it again.
+        signed_update(dns_server, fqdn, lambda upd, name: upd.delete(name))
+        assert resolve(dns_server, fqdn) == []
+        refreshed = stack.refresh(on_output=quiet)
+        assert refreshed.summary.resource_changes.get("delete", 0) >= 1, refreshed.summary.resource_changes
+        stack.up(on_output=quiet)
+        assert resolve(dns_server, fqdn) == nodes

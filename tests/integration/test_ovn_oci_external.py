@@ -173,3 +173,35 @@ def test_external_publishes_the_endpoint_and_pushes_kube_vip():
             assert env["address"] == vip and env["vip_arp"] == "true" and env["port"] == "6443"
             assert (env["vip_leaseduration"], env["vip_renewdeadline"], env["vip_retryperiod"]) == ("15", "10", "2")
             assert pod["spec"]["hostNetwork"] is True
+
+
+def test_ovn_balancer_changed_or_deleted_out_of_band_is_seen_by_refresh_and_repaired(ovn):
+    cluster = f"b{random.randrange(16**5):05x}"
+    listen = listen_address()
+    with pulumi_stack(ovn_stack_config(cluster, listen)) as (project, name, stack):
+        stack.up(on_output=quiet)
+        names = [f"{name}-cp-1", f"{name}-cp-2"]
+        path = f"networks/{OVN_NETWORK}/load-balancers/{listen}"
+
+        # Someone drops a backend by hand: refresh shows the balancer changed, up puts the backend back.
+        current, etag = incus().etag_get(path)
+        body = {k: current[k] for k in ("description", "config", "ports")}
+        body["backends"] = [b for b in current["backends"] if b["name"] != names[1]]
+        body["ports"] = [{**p, "target_backend": [t for t in p["target_backend"] if t != names[1]]}
+                         for p in current["ports"]]
+        incus().call("PUT", path, json=body, headers={"If-Match": etag})
+        refreshed = stack.refresh(on_output=quiet)
+        assert refreshed.summary.resource_changes.get("update", 0) >= 1, refreshed.summary.resource_changes
+        pv = stack.preview(on_output=quiet, diff=True)
+        assert pv.change_summary.get("update", 0) >= 1 and "replace" not in pv.change_summary, pv.change_summary
+        stack.up(on_output=quiet)
+        assert sorted(b["name"] for b in incus().call("GET", path)["backends"]) == names
+        assert wait_for(lambda: {http_get(listen, 6443) for _ in range(20)} >= set(names), 30)
+
+        # Someone deletes it: refresh drops it from the state, up creates it again.
+        incus().call("DELETE", path)
+        refreshed = stack.refresh(on_output=quiet)
+        assert refreshed.summary.resource_changes.get("delete", 0) >= 1, refreshed.summary.resource_changes
+        stack.up(on_output=quiet)
+        assert incus().call("GET", path)["backends"]
+        assert wait_for(lambda: {http_get(listen, 6443) for _ in range(20)} >= set(names), 30)

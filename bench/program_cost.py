@@ -1,0 +1,99 @@
+"""Program cost: `pulumi preview` and a no-op `pulumi up` for 1, 5, 20 lxc balancers x 3, 10, 50 targets, against
+the floor of an empty Pulumi program (same CLI, same language host, same backend) measured in the same run.
+
+Targets are explicit addresses cycling over three demo API servers the bench starts (so haproxy's health checks
+only reach the project's own instances); each balancer is one haproxy container and one config file.
+Run: `python bench/program_cost.py [--record]` (part of `make bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.report import emit  # noqa: E402
+from tests.helpers import ProjectCopy, base_config, incus, instances_with_prefix, launch_external, unique_stack  # noqa: E402
+
+BALANCERS = (1, 5, 20)
+TARGETS = (3, 10, 50)
+
+
+def cli(project: ProjectCopy, cwd: str, *args: str) -> float:
+    env = {**os.environ, **project.env}
+    t0 = time.monotonic()
+    subprocess.run(["pulumi", *args, "--non-interactive", "--yes"] if args[0] in ("up", "destroy")
+                   else ["pulumi", *args, "--non-interactive"], cwd=cwd, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.monotonic() - t0
+
+
+def median_of(n: int, fn) -> float:
+    return statistics.median(fn() for _ in range(n))
+
+
+def config(n_balancers: int, n_targets: int, backends: list[str]) -> dict:
+    targets = [{"name": f"t{k}", "address": backends[k % len(backends)]} for k in range(n_targets)]
+    return base_config(loadBalancers=[{
+        "name": f"b{i}", "cluster": "bench", "type": "lxc", "role": "service",
+        "targets": {"addresses": targets},
+        "healthCheck": {"intervalSeconds": 5},
+        "lxc": {"instanceSpec": {"image": "cplb/haproxy", "limits": {"memory": "64MiB"}}},
+    } for i in range(n_balancers)])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per measure (median)")
+    args = parser.parse_args()
+
+    project = ProjectCopy()
+    stack = unique_stack("pc")
+    # The floor: an empty program in the same workspace setup.
+    empty = os.path.join(project.dir, "empty")
+    os.makedirs(empty)
+    with open(os.path.join(empty, "Pulumi.yaml"), "w") as f:
+        f.write(f"name: cplb-empty\nruntime:\n  name: python\n  options:\n    virtualenv: {ROOT}/.venv\n")
+    with open(os.path.join(empty, "__main__.py"), "w") as f:
+        f.write("# An empty Pulumi program: the floor every program pays.\n")
+    backends = [f"{stack}-be-{n}" for n in (1, 2, 3)]
+    rows: list[tuple[str, str]] = []
+    try:
+        cli(project, empty, "stack", "init", stack)
+        cli(project, empty, "up")
+        floor_preview = median_of(args.runs, lambda: cli(project, empty, "preview", "--stack", stack))
+        floor_up = median_of(args.runs, lambda: cli(project, empty, "up", "--stack", stack))
+        rows.append(("empty program: preview / no-op up (median)", f"{floor_preview:.2f} s / {floor_up:.2f} s"))
+        print(rows[-1])
+
+        addresses = [launch_external(name, {"user.cplb.bench": stack}) for name in backends]
+        project.write_stack_config(stack, config(1, 3, addresses))
+        cli(project, project.dir, "stack", "init", stack)
+        for nb in BALANCERS:
+            for nt in TARGETS:
+                project.write_stack_config(stack, config(nb, nt, addresses))
+                converge = cli(project, project.dir, "up", "--stack", stack)
+                preview = median_of(args.runs, lambda: cli(project, project.dir, "preview", "--stack", stack))
+                noop = median_of(args.runs, lambda: cli(project, project.dir, "up", "--stack", stack))
+                rows.append((f"{nb} balancers x {nt} targets ({2 * nb} resources): preview / no-op up",
+                             f"{preview:.2f} s ({preview / floor_preview:.1f}x) / {noop:.2f} s "
+                             f"({noop / floor_up:.1f}x); converging up from the previous size {converge:.1f} s"))
+                print(rows[-1], flush=True)
+        cli(project, project.dir, "destroy", "--stack", stack)
+    finally:
+        for name in list(instances_with_prefix(stack)):
+            incus().delete_instance(name)
+        project.cleanup()
+    emit("Program cost (lxc balancers, explicit targets)", rows, args.record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
