@@ -69,7 +69,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10, help="wrk duration per run")
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--failovers", type=int, default=5)
+    ap.add_argument("--failovers", type=int, default=10)
     ap.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
     args = ap.parse_args()
 
