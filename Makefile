@@ -35,8 +35,8 @@ bench: setup
 	@.venv/bin/python bench/lxc.py --record
 	@.venv/bin/python bench/ovn.py --record
 	@.venv/bin/python bench/keepalived.py --record
-	@.venv/bin/python bench/dns.py --record
-	@.venv/bin/python bench/program_cost.py --record
+	@.venv/bin/python bench/dns_strategy.py --record
+	@.venv/bin/python bench/program_cost.py --runs 1 --record
 
 # The dns strategy's reconcile loop: `up` when the healthy set of proxy nodes changes (Ctrl-C ends it).
 watch: setup

@@ -3,7 +3,7 @@
 - failover with the watch loop (`scripts/watch`, interval 1 s): time from `incus stop --force` of a proxy node to
   the server answering without its record, N runs (a client still holds the old answer for up to the TTL);
 - footprint: memory of a proxy node.
-Run: `python bench/dns.py [--failovers N] [--record]` (part of `make bench`).
+Run: `python bench/dns_strategy.py [--failovers N] [--record]` (part of `make bench`).
 """
 
 from __future__ import annotations
