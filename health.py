@@ -19,13 +19,14 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
 
 
 def endpoint_answers(endpoint: str, wait_seconds: float = 8.0) -> bool:
-    """A TCP connection to the endpoint succeeds. Right after `up` pushed a first config the service may still be
-    starting (connection refused): that gets `wait_seconds`; no answer at all is a plain no."""
+    """A TCP connection to the endpoint succeeds. Right after `up` made the balancer, the service may still be
+    starting (refused) or a new IPv6 address still in duplicate address detection (no answer): both get
+    `wait_seconds` before the answer is no."""
     host, port = split_endpoint(endpoint)
     deadline = time.monotonic() + wait_seconds
     while True:
         result = tcp_probe(host, port, timeout=2.0)
-        if result != "refused" or time.monotonic() >= deadline:
+        if result == "ok" or time.monotonic() >= deadline:
             return result == "ok"
         time.sleep(0.25)
 

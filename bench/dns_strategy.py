@@ -79,10 +79,12 @@ def main() -> int:
         mem = incus().get_instance(f"{name}-api-proxy-1")["state"]["memory"]["usage"] / 2**20
         rows.append(("proxy node memory (nginx + busybox init)", f"{mem:.1f} MiB"))
 
+        watch_log = open(os.path.join(directory, "watch.log"), "w")
+        print(f"watch loop log: {watch_log.name}", flush=True)
         watch = subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "python"), os.path.join(ROOT, "scripts", "watch"),
                                   "--stack", name, "--work-dir", project.dir, "--interval", "1", "--max-seconds", "1800", "--max-ups", "200"],
-                                 cwd=project.dir, env={**os.environ, **project.env}, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
+                                 cwd=project.dir, env={**os.environ, **project.env}, stdout=watch_log,
+                                 stderr=subprocess.STDOUT)
         times = []
         for run in range(args.failovers):
             victim_n = run % 3 + 1
