@@ -89,7 +89,8 @@ def main() -> int:
         for run in range(args.failovers):
             victim_n = run % 3 + 1
             victim = f"{name}-api-proxy-{victim_n}"
-            address = nodes[victim_n - 1]
+            address = incus().get_instance(victim)["state"]["network"]["eth0"]["addresses"]
+            address = next(a["address"] for a in address if a["family"] == "inet")
             assert wait_for(lambda: resolve(port, fqdn) == nodes, 60, 0.2), "records not complete before a run"
             t0 = time.monotonic()
             incus().set_state(victim, "stop", force=True)
