@@ -108,11 +108,12 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
             "user.cluster-role": "loadbalancer",
             "user.cplb.balancer": lb.name,
         }
+        names = [ctx.object_name(lb.name, "haproxy", str(n)) for n in range(1, lxc.replicas + 1)]
         self.instances: list[Instance] = []
         for n in range(1, lxc.replicas + 1):
             self.instances.append(Instance(
                 f"{name}-haproxy-{n}",
-                name=ctx.object_name(lb.name, "haproxy", str(n)),
+                name=names[n - 1],
                 connection=ctx.connection,
                 credentials=ctx.credentials,
                 address_families=ctx.address_families,
@@ -140,7 +141,7 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
             if ha:
                 conf = render(
                     "keepalived-haproxy.conf.j2",
-                    stack=ctx.stack, lb_name=lb.name, router_id=ctx.object_name(lb.name, "haproxy", str(n)),
+                    stack=ctx.stack, lb_name=lb.name, router_id=names[n - 1],
                     monitor_port=MONITOR_PORT, instance_name=f"VI_{lb.name.replace('-', '_')}",
                     interface="eth0", virtual_router_id=lxc.virtual_router_id,
                     priority=200 - 10 * n, auth_pass=lxc.auth_pass, vip=lxc.vip, prefix_len=prefix_len,
@@ -171,7 +172,6 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
         # Outputs wait for the config files, so `endpoint` is only reported once it serves.
         files_done = pulumi.Output.all(*[f.content_hash for f in self.files])
         statuses = pulumi.Output.all(*[i.status for i in self.instances])
-        names = [ctx.object_name(lb.name, "haproxy", str(n)) for n in range(1, lxc.replicas + 1)]
 
         def conditions(v) -> list[dict]:
             eps, states, rendered = v[0], v[1], v[2]
