@@ -85,7 +85,14 @@ class Facts:
     @property
     def client(self):
         if self._client is None:
-            self._client = client_for(connection_for(self.incus))
+            client = client_for(connection_for(self.incus))
+            if self.incus.remote and client.server().get("auth") != "trusted":
+                # An untrusted client only sees /1.0; say why here rather than with the first 403.
+                raise IncusError(
+                    f"cplb:incus.clientCert: Incus at {self.incus.remote} does not trust this client certificate; "
+                    "add it on the server with `incus config trust add-certificate <cert>` (or a trust token)"
+                )
+            self._client = client
         return self._client
 
     def extensions(self) -> set[str]:

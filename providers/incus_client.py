@@ -87,8 +87,9 @@ class IncusClient:
             if conn.remote:
                 cert = (self._tempfile(conn.client_cert), self._tempfile(conn.client_key))
                 verify: Any = self._tempfile(conn.server_cert) if conn.server_cert else True
+                session = self._pinned_session(conn.remote.rstrip("/"), cert, verify) if conn.server_cert else None
                 self._pylxd = pylxd.Client(endpoint=conn.remote, cert=cert, verify=verify, project=conn.project,
-                                           timeout=60)
+                                           timeout=60, session=session)
             else:
                 if not os.path.exists(conn.socket):
                     raise IncusError(
@@ -101,6 +102,23 @@ class IncusClient:
         except Exception as exc:  # pylxd wraps connection failures in several types
             raise IncusError(f"cannot reach Incus at {conn.remote or conn.socket}: {exc}") from None
         self.api = self._pylxd.api
+
+    @staticmethod
+    def _pinned_session(endpoint: str, cert, verify: str):
+        """pylxd's session for `endpoint`, with the pinned server certificate kept in force.
+
+        requests replaces a session's CA file with REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE whenever a request does not
+        pass `verify` itself, and pylxd's requests do not: pylxd would then pin the first CA of the system bundle and
+        every call would fail with "Fingerprints did not match". Without trust_env the session's own file is used;
+        the environment's proxy settings for this endpoint are copied first, so a proxy still applies.
+        """
+        import requests
+        from pylxd.client import get_session_for_url
+
+        session = get_session_for_url(endpoint, verify=verify, cert=cert)
+        session.proxies.update(requests.utils.get_environ_proxies(endpoint))
+        session.trust_env = False
+        return session
 
     def _tempfile(self, pem: Optional[str]) -> str:
         fd, path = tempfile.mkstemp(prefix="cplb-", suffix=".pem")
