@@ -2,7 +2,9 @@
 - data path: requests/s and p99 through one proxy node vs directly to one backend (wrk, same run);
 - failover with the watch loop (`scripts/watch`, interval 1 s): time from `incus stop --force` of a proxy node to
   the server answering without its record, N runs (a client still holds the old answer for up to the TTL);
-- footprint: memory of a proxy node.
+- footprint: memory of a proxy node;
+- change cost: a third control-plane instance gets the role label, and the time from `up` start to a proxy node
+  sending traffic to it (nginx.conf pushed to every node, validated and reloaded).
 Run: `python bench/dns_strategy.py [--failovers N] [--record]` (part of `make bench`).
 """
 
@@ -23,7 +25,9 @@ sys.path.insert(0, ROOT)
 
 from bench.lxc import quiet, wrk  # noqa: E402
 from bench.report import emit  # noqa: E402
-from tests.helpers import ProjectCopy, base_config, demo_group, incus, unique_stack, wait_for  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    ProjectCopy, base_config, demo_group, http_get, incus, launch_external, set_label, unique_stack, wait_for,
+)
 
 ZONE = "cplb.test."
 
@@ -61,6 +65,8 @@ def main() -> int:
         "dns": {"nodes": {"count": 3}, "zone": ZONE, "hostname": f"api-{cluster}", "ttl": 30,
                 "server": f"127.0.0.1:{port}", "tsig": {"name": "cplb-update", "secret": "placeholder00"},
                 "roles": [{"name": "api", "port": 6443, "targetPort": 6443}]}}])
+    standby = f"{cluster}-standby"
+    launch_external(standby, {"user.cluster-name": cluster, "user.cluster-role": "standby"})
     stack = project.stack(name, values)
     stack.set_config("cplb:loadBalancers[0].dns.tsig.secret", ConfigValue(secret, secret=True), path=True)
     rows: list[tuple[str, str]] = []
@@ -78,6 +84,17 @@ def main() -> int:
         rows.append(("ratio through / direct (req/s)", f"{rps_lb / rps_direct:.2f}"))
         mem = incus().get_instance(f"{name}-api-proxy-1")["state"]["memory"]["usage"] / 2**20
         rows.append(("proxy node memory (nginx + busybox init)", f"{mem:.1f} MiB"))
+
+        # Change cost: a standby instance outside the stack becomes a control-plane target.
+        set_label(standby, "user.cluster-role", "control-plane")
+        t0 = time.monotonic()
+        stack.up(on_output=quiet)
+        t_up = time.monotonic() - t0
+        joined = wait_for(lambda: standby in {http_get(nodes[0], 6443, timeout=0.5) for _ in range(9)}, 60, 0.02)
+        t_serving = time.monotonic() - t0
+        rows.append(("change: a 3rd backend joins (nginx.conf on 3 nodes + reload): `up` time", f"{t_up:.2f} s"))
+        rows.append(("change: `up` start to a proxy node answering from the new backend",
+                     f"{t_serving:.2f} s" if joined else "not within 60 s"))
 
         watch_log = open(os.path.join(directory, "watch.log"), "w")
         print(f"watch loop log: {watch_log.name}", flush=True)
@@ -113,6 +130,7 @@ def main() -> int:
         try:
             stack.destroy(on_output=quiet)
         finally:
+            incus().delete_instance(standby)
             project.cleanup()
             subprocess.run([script, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
     emit("dns strategy", rows, args.record)
