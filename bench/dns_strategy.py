@@ -40,6 +40,13 @@ def resolve(port: int, fqdn: str) -> list[str]:
     return sorted(rd.to_text() for rrset in r.answer for rd in rrset)
 
 
+def loop_idle(log_path: str) -> bool:
+    """The watch loop's last line says an `up` has finished (or that it has just started watching)."""
+    with open(log_path) as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    return bool(lines) and ("up done" in lines[-1] or "watching stack" in lines[-1])
+
+
 def main() -> int:
     from pulumi.automation import ConfigValue
 
@@ -108,7 +115,10 @@ def main() -> int:
             victim = f"{name}-api-proxy-{victim_n}"
             address = incus().get_instance(victim)["state"]["network"]["eth0"]["addresses"]
             address = next(a["address"] for a in address if a["family"] == "inet")
-            assert wait_for(lambda: resolve(port, fqdn) == nodes, 60, 0.2), "records not complete before a run"
+            # Start from a steady state: every record back and the loop's republishing `up` finished (the record
+            # is published in the middle of that `up`; a node killed before it ends waits for it).
+            assert wait_for(lambda: resolve(port, fqdn) == nodes and loop_idle(watch_log.name), 90, 0.2), \
+                "records not complete before a run"
             t0 = time.monotonic()
             incus().set_state(victim, "stop", force=True)
             assert wait_for(lambda: address not in resolve(port, fqdn), 60, 0.05), "record never withdrawn"

@@ -292,6 +292,30 @@ class IncusClient:
         return inst
 
 
+    def wait_ipv6_settled(self, name: str, *, interface: str = "eth0", timeout: float = 10) -> bool:
+        """Wait until no global IPv6 address on `interface` is tentative (DAD still running).
+
+        Read from the instance's own /proc/net/if_inet6 (columns: address, index, prefix length, scope, flags,
+        name; flag 0x40 = tentative); the Incus API lists addresses without their flags. An instance without
+        `cat` cannot be asked: then this returns False at once and the caller goes on.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                code, out, _ = self.exec(name, ["cat", "/proc/net/if_inet6"], timeout=10)
+            except IncusError:
+                return False
+            if code != 0:
+                return False
+            tentative = [f for f in (line.split() for line in out.splitlines())
+                         if len(f) == 6 and f[5] == interface and f[3] == "00" and int(f[4], 16) & 0x40]
+            if not tentative:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+
 def addresses_of(inst: dict, ignore: frozenset[str] = frozenset()) -> dict[str, list[str]]:
     """Global addresses on eth0, by family; `ignore` drops known VIPs (they move between instances)."""
     out: dict[str, list[str]] = {"inet": [], "inet6": []}

@@ -124,9 +124,14 @@ class InstanceProvider(ResourceProvider):
 
     @staticmethod
     def _wait_ipv6(client, name: str, props: dict, inst: dict) -> dict:
-        """Dual-stack stacks: SLAAC gives the IPv6 address a moment after DHCP gives the IPv4 one."""
-        if "inet6" in (props.get("addressFamilies") or []) and not addresses_of(inst).get("inet6"):
-            return client.wait_for_address(name, family="inet6", timeout=20)
+        """Dual-stack stacks: SLAAC gives the IPv6 address a moment after DHCP gives the IPv4 one, and the address
+        is tentative (duplicate address detection) for about a second more: packets to it are dropped, so a
+        health probe right after `up` made the node would find it dead."""
+        if "inet6" not in (props.get("addressFamilies") or []):
+            return inst
+        if not addresses_of(inst).get("inet6"):
+            inst = client.wait_for_address(name, family="inet6", timeout=20)
+        client.wait_ipv6_settled(name, timeout=10)
         return inst
 
     def _converge(self, client, name: str, props: dict) -> None:

@@ -29,11 +29,11 @@ def dns_server():
     subprocess.run([script, "stop"], env=env, check=False)
 
 
-def resolve(server: dict, fqdn: str) -> list:
+def resolve(server: dict, fqdn: str, rdtype: str = "A") -> list:
     import dns.message
     import dns.query
 
-    r = dns.query.tcp(dns.message.make_query(fqdn, "A"), "127.0.0.1", port=server["port"], timeout=3)
+    r = dns.query.tcp(dns.message.make_query(fqdn, rdtype), "127.0.0.1", port=server["port"], timeout=3)
     return sorted(rd.to_text() for rrset in r.answer for rd in rrset)
 
 
@@ -213,3 +213,36 @@ def test_dns_records_changed_or_deleted_out_of_band_are_seen_by_refresh_and_repa
         assert refreshed.summary.resource_changes.get("delete", 0) >= 1, refreshed.summary.resource_changes
         stack.up(on_output=quiet)
         assert resolve(dns_server, fqdn) == nodes
+
+
+def test_dns_dual_stack_publishes_aaaa_records_and_proxies_over_ipv6(dns_server):
+    cluster = f"d{random.randrange(16**5):05x}"
+    hostname = f"api-{cluster}"
+    fqdn = f"{hostname}.{ZONE}"
+    values = config(dns_server, cluster, hostname)
+    values["loadBalancers"][0]["ipFamilies"] = ["IPv4", "IPv6"]
+    with pulumi_stack(values) as (project, name, stack):
+        set_secret(stack, dns_server)
+        up = stack.up(on_output=quiet)
+        targets = {f"{name}-cp-1", f"{name}-cp-2"}
+
+        def own(instance: str, family: str) -> set:
+            addrs = incus().get_instance(instance)["state"]["network"]["eth0"]["addresses"]
+            return {a["address"] for a in addrs if a["family"] == family and a["scope"] == "global"}
+
+        nodes = [f"{name}-api-proxy-{n}" for n in (1, 2)]
+        node6 = {n: own(n, "inet6") for n in nodes}
+        assert all(len(v) == 1 for v in node6.values()), node6
+        # A and AAAA records, each exactly the nodes' addresses of that family.
+        out = up.outputs["loadBalancers"].value["api"]
+        seen = (out["addresses"], out["healthy"], out["published"])
+        assert resolve(dns_server, fqdn, "AAAA") == sorted(a for v in node6.values() for a in v), seen
+        assert resolve(dns_server, fqdn, "A") == sorted(a for n in nodes for a in own(n, "inet"))
+        conditions = {c["type"]: c["status"] for c in up.outputs["loadBalancers"].value["api"]["status"]["conditions"]}
+        assert conditions["DNSResolvable"] == "True" and conditions["Ready"] == "True", conditions
+        for node, (address,) in node6.items():
+            # Requests to the node's IPv6 address reach both targets, and the targets see the node's IPv6 address:
+            # the IPv6 listener proxies to the targets' IPv6 addresses.
+            assert wait_for(lambda: {http_get(f"[{address}]", 6443, timeout=5) for _ in range(6)} == targets, 20), node
+            peers = {http_get(f"[{address}]", 6443, "/peer", timeout=5) for _ in range(6)}
+            assert peers == {address}, (node, peers)

@@ -132,3 +132,22 @@ def test_network_lb_request_and_diff():
     d = p.diff("x", props, more)
     assert d.changes and not d.replaces
     assert p.diff("x", props, {**props, "listenAddress": "198.18.20.201"}).replaces == ["listenAddress"]
+
+
+def test_ipv6_settle_waits_while_a_global_address_is_tentative(monkeypatch):
+    # /proc/net/if_inet6 as an instance shows it: the global address first tentative (flags 0x40), then not.
+    from providers.incus_client import IncusClient
+
+    tentative = ("fe8000000000000012666afffe97b920 e51 40 20 80     eth0\n"
+                 "fd0001980018001012666afffe97b920 e51 40 00 40     eth0\n")
+    settled = tentative.replace(" 00 40 ", " 00 00 ")
+    answers = [tentative, tentative, settled]
+    client = object.__new__(IncusClient)
+    monkeypatch.setattr(client, "exec", lambda name, cmd, timeout: (0, answers.pop(0), ""), raising=False)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    assert client.wait_ipv6_settled("x", timeout=10) is True
+    assert answers == []  # it asked until the address was no longer tentative
+
+    # An instance that cannot run `cat` is not waited for.
+    monkeypatch.setattr(client, "exec", lambda name, cmd, timeout: (127, "", "not found"), raising=False)
+    assert client.wait_ipv6_settled("x", timeout=10) is False
