@@ -36,21 +36,34 @@ def health_port(dns) -> int:
     return role.port if role.protocol == "tcp" else next((r.port for r in dns.roles if r.protocol == "tcp"), 0)
 
 
-def healthy(addresses: list[str], port: int, *, wait_seconds: float) -> list[str]:
-    """The nodes that accept a TCP connection on `port`. At `up`, a node that refuses (it is there, its nginx
-    is only starting after the config push) gets a few seconds; a node that does not answer at all is dead."""
+def healthy(addresses: list[str], port: int, *, wait_seconds: float,
+            siblings: Optional[dict[str, str]] = None) -> list[str]:
+    """The node addresses that accept a TCP connection on `port`. At `up`, a node that refuses (it is there, its
+    nginx is only starting after the config push) gets a few seconds; a node that does not answer at all is dead.
+    `siblings` maps a node's IPv6 address to its IPv4 address."""
+    siblings = siblings or {}
     pending = [a for a in addresses if a]
     if not port:
         return sorted(pending)
     ok: list[str] = []
+    last: dict[str, str] = {}
     deadline = time.monotonic() + wait_seconds
     while pending:
         probes = {a: tcp_probe(a, port) for a in pending}
+        last.update(probes)
         ok += [a for a, r in probes.items() if r == "ok"]
-        pending = [a for a, r in probes.items() if r == "refused"]
+        # A node whose IPv4 address answers (or refuses: nginx is starting) is alive: if its IPv6 address does not
+        # answer yet, the address is new, so it is asked again rather than dropped. It is dropped with its IPv4
+        # address when that one stops answering at all.
+        refused = [a for a, r in probes.items() if r == "refused"]
+        alive = set(ok) | set(refused)
+        pending = refused + [a for a, r in probes.items() if r == "unreachable" and siblings.get(a) in alive]
         if not pending or time.monotonic() >= deadline:
             break
         time.sleep(0.25)
+    for address in sorted(set(last) - set(ok)):
+        pulumi.log.info(f"proxy node address {address} is not published: port {port} does not answer "
+                        f"({last[address]})")
     return sorted(ok)
 
 
@@ -121,9 +134,10 @@ class DnsLoadBalancer(pulumi.ComponentResource):
             out = [a for a in v4s if a] if "IPv4" in families else []
             return out + ([v6[0] for v6 in v6s if v6] if "IPv6" in families else [])
 
-        node_addresses = pulumi.Output.all(pulumi.Output.all(*[n.address for n in self.nodes]),
-                                           pulumi.Output.all(*[n.ipv6 for n in self.nodes])).apply(
-            lambda v: published_families(v[0], v[1]))
+        per_node = pulumi.Output.all(pulumi.Output.all(*[n.address for n in self.nodes]),
+                                     pulumi.Output.all(*[n.ipv6 for n in self.nodes]))
+        node_addresses = per_node.apply(lambda v: published_families(v[0], v[1]))
+        siblings = per_node.apply(lambda v: {v6[0]: v4 for v4, v6 in zip(v[0], v[1]) if v4 and v6})
         configured = pulumi.Output.all(*[f.content_hash for f in self.files])
         # Records only for nodes that pass the health check when the program runs. At `up` the check waits for
         # the config files (a node is checked once its nginx is configured); a preview checks the nodes as they
@@ -131,8 +145,8 @@ class DnsLoadBalancer(pulumi.ComponentResource):
         if pulumi.runtime.is_dry_run():
             healthy_addresses = node_addresses.apply(lambda addrs: healthy(list(addrs), port, wait_seconds=0))
         else:
-            healthy_addresses = pulumi.Output.all(node_addresses, configured).apply(
-                lambda v: healthy(list(v[0]), port, wait_seconds=8.0))
+            healthy_addresses = pulumi.Output.all(node_addresses, configured, siblings).apply(
+                lambda v: healthy(list(v[0]), port, wait_seconds=8.0, siblings=v[2]))
         tsig = pulumi.Output.secret({"name": dns.tsig.name.rstrip(".") + ".", "algorithm": dns.tsig.algorithm,
                                      "secret": dns.tsig.secret})
         self.records = DnsRecordSet(
