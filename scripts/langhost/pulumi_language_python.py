@@ -76,6 +76,9 @@ class ProgramLanguageServer(LanguageServer):
 
 
 def main(argv: list[str]) -> int:
+    from orphan_guard import exit_with_parent  # this script's directory is on sys.path
+
+    exit_with_parent()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
         options=[("grpc.max_receive_message_length", 400 * 1024 * 1024)],

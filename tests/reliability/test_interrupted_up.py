@@ -13,6 +13,19 @@ from tests.helpers import base_config, demo_group, http_get, instances_with_pref
 pytestmark = pytest.mark.integration
 
 
+def plugins_in(directory: str) -> list[str]:
+    """Command lines of the processes whose working directory is `directory` (language host, providers)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd") == directory:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    found.append(f.read().replace(b"\0", b" ").decode(errors="replace").strip())
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return [c for c in found if "pulumi up" not in c]
+
+
 def test_sigkill_during_up_then_up_converges():
     values = base_config(instanceGroups=[demo_group(3, name="cp", cluster="sigkill")],
                          loadBalancers=[{"name": "api", "cluster": "sigkill", "type": "lxc"}])
@@ -21,11 +34,15 @@ def test_sigkill_during_up_then_up_converges():
         proc = subprocess.Popen(["pulumi", "up", "--yes", "--skip-preview", "--non-interactive", "--stack", name],
                                 cwd=project.dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-        # Kill everything (CLI, language host, providers) once the first instances exist.
+        # Kill the CLI's process group once the first instances exist. The language host and the provider run in
+        # process groups of their own: they must notice and end too, not linger re-parented to init.
         assert wait_for(lambda: len(instances_with_prefix(name)) >= 1, 60, 0.05)
+        assert wait_for(lambda: plugins_in(project.dir), 10), "no plugin process found in the program directory"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         made_before = set(instances_with_prefix(name))
+        assert wait_for(lambda: not plugins_in(project.dir), 10), \
+            f"plugin processes outlived the killed CLI: {plugins_in(project.dir)}"
 
         # The killed CLI leaves the stack locked: `pulumi cancel` (scripts/stack does it by itself when the
         # locking process is gone), then the next `up`, refreshing first as `make up` does, converges.
