@@ -291,7 +291,6 @@ class IncusClient:
             inst = self.get_instance(name) or {}
         return inst
 
-
     def wait_ipv6_settled(self, name: str, *, interface: str = "eth0", timeout: float = 10) -> bool:
         """Wait until no global IPv6 address on `interface` is tentative (DAD still running).
 
