@@ -10,7 +10,6 @@ Run: `python bench/dns_strategy.py [--failovers N] [--record]` (part of `make be
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import signal
@@ -24,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.lxc import quiet, wrk  # noqa: E402
-from bench.report import emit  # noqa: E402
+from bench.report import emit, traffic_arguments  # noqa: E402
 from tests.helpers import (  # noqa: E402
     ProjectCopy, base_config, demo_group, http_get, incus, launch_external, set_label, unique_stack, wait_for,
 )
@@ -50,12 +49,7 @@ def loop_idle(log_path: str) -> bool:
 def main() -> int:
     from pulumi.automation import ConfigValue
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--failovers", type=int, default=10)
-    ap.add_argument("--record", action="store_true")
-    args = ap.parse_args()
+    args = traffic_arguments()
 
     directory = tempfile.mkdtemp(prefix="cplb-dns-bench-")
     port = random.randrange(20000, 30000)

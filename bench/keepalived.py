@@ -10,7 +10,6 @@ Run: `make bench` (or python bench/keepalived.py [--runs N] [--record]).
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import statistics
@@ -22,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.lxc import quiet, wrk  # noqa: E402
-from bench.report import emit  # noqa: E402
+from bench.report import emit, traffic_arguments  # noqa: E402
 from tests.helpers import ProjectCopy, http_get, incus, service_down, service_up, unique_stack, wait_for  # noqa: E402
 from tests.integration.test_keepalived import config, holders, settled  # noqa: E402
 
@@ -122,12 +121,7 @@ def run(project: ProjectCopy, advert: float, runs: int, seconds: int = 10, conne
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--seconds", type=int, default=10, help="wrk duration")
-    ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--record", action="store_true")
-    args = ap.parse_args()
+    args = traffic_arguments("--runs")
     project = ProjectCopy()
     try:
         rows = (run(project, 1, args.runs, args.seconds, args.connections, with_extras=True)

@@ -10,7 +10,6 @@ Traffic goes only to instances on the project's bridge. Run: `make bench` (or py
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import re
@@ -22,7 +21,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.report import emit  # noqa: E402
+from bench.report import emit, traffic_arguments  # noqa: E402
 from tests.helpers import (  # noqa: E402
     ProjectCopy, base_config, http_get, incus, instances_with_prefix, launch_external, set_label, unique_stack,
     wait_for,
@@ -66,12 +65,7 @@ def holders(stack: str, vip: str) -> list[str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=10, help="wrk duration per run")
-    ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--failovers", type=int, default=10)
-    ap.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
-    args = ap.parse_args()
+    args = traffic_arguments()
 
     cluster = f"b{random.randrange(16**6):06x}"
     names = [f"{cluster}-cp-{n}" for n in (1, 2, 3)]

@@ -6,7 +6,6 @@ Run: `make bench` (or python bench/ovn.py [--record]).
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import statistics
@@ -18,18 +17,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.lxc import quiet, timed, wrk  # noqa: E402
-from bench.report import emit  # noqa: E402
+from bench.report import emit, traffic_arguments  # noqa: E402
 from tests.helpers import ProjectCopy, http_get, service_down, service_up, unique_stack, wait_for  # noqa: E402
 from tests.integration.test_ovn_oci_external import ovn_stack_config  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--failovers", type=int, default=10)
-    ap.add_argument("--record", action="store_true")
-    args = ap.parse_args()
+    args = traffic_arguments()
 
     t_ovn, _ = timed(lambda: subprocess.run([os.path.join(ROOT, "scripts", "ovn-up")], check=True,
                                             capture_output=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -19,3 +20,13 @@ def emit(title: str, rows: list[tuple[str, str]], record: bool) -> str:
         with open(os.path.join(ROOT, "docs", "benchmarks.md"), "a") as f:
             f.write("\n" + text)
     return text
+
+
+def traffic_arguments(repeats: str = "--failovers") -> argparse.Namespace:
+    """The options of every benchmark that sends traffic and repeats a failover."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10, help="wrk duration per run")
+    ap.add_argument("--connections", type=int, default=32, help="wrk keep-alive connections")
+    ap.add_argument(repeats, type=int, default=10, help="failover runs (median and max are reported)")
+    ap.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
+    return ap.parse_args()
