@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.helpers import ROOT, base_config, demo_group, http_get, incus, instances_with_prefix, pulumi_stack, wait_for
+from tests.helpers import ROOT, incus, instances_with_prefix, pulumi_stack, wait_for
+from tests.reliability.interrupted import start_cli_up, three_node_lxc, up_converges
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +33,8 @@ def start_incusd() -> None:
 
 
 def test_incusd_stopped_during_up_then_up_converges():
-    values = base_config(instanceGroups=[demo_group(3, name="cp", cluster="incusdown")],
-                         loadBalancers=[{"name": "api", "cluster": "incusdown", "type": "lxc"}])
-    with pulumi_stack(values) as (project, name, stack):
-        env = {**os.environ, **project.env}
-        proc = subprocess.Popen(["pulumi", "up", "--yes", "--skip-preview", "--non-interactive", "--stack", name],
-                                cwd=project.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+    with pulumi_stack(three_node_lxc("incusdown")) as (project, name, stack):
+        proc = start_cli_up(project, name, capture=True)
         try:
             assert wait_for(lambda: len(instances_with_prefix(name)) >= 1, 60, 0.05)
             stop_incusd()
@@ -54,16 +50,8 @@ def test_incusd_stopped_during_up_then_up_converges():
         assert "run `up` again once incusd answers" in out
         made_before = set(instances_with_prefix(name))
 
-        result = stack.up(on_output=lambda _: None, refresh=True)
-        assert result.summary.result == "succeeded"
-        after = instances_with_prefix(name)
-        expected = {f"{name}-cp-{n}" for n in (1, 2, 3)} | {f"{name}-api-haproxy-1"}
-        assert set(after) == expected, (made_before, set(after))
+        after = up_converges(stack, name, made_before)
         assert all(i["status"] == "Running" for i in after.values())
-        ep = result.outputs["loadBalancers"].value["api"]["endpoint"]
-        host, port = ep.rsplit(":", 1)
-        assert wait_for(lambda: {http_get(host, int(port)) for _ in range(9)} ==
-                        {f"{name}-cp-{n}" for n in (1, 2, 3)}, 20)
         print(f"\nincusd stopped during up: up failed {failed_after:.1f}s later naming Incus; "
               f"{len(made_before)} instance(s) existed; the next up converged")
         assert incus().get_instance(f"{name}-cp-1") is not None

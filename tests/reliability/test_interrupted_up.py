@@ -3,12 +3,11 @@ and no duplicate (instances are named deterministically and adopted when they ca
 
 import os
 import signal
-import subprocess
-import time
 
 import pytest
 
-from tests.helpers import base_config, demo_group, http_get, instances_with_prefix, pulumi_stack, wait_for
+from tests.helpers import instances_with_prefix, pulumi_stack, wait_for
+from tests.reliability.interrupted import start_cli_up, three_node_lxc, up_converges
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +26,8 @@ def plugins_in(directory: str) -> list[str]:
 
 
 def test_sigkill_during_up_then_up_converges():
-    values = base_config(instanceGroups=[demo_group(3, name="cp", cluster="sigkill")],
-                         loadBalancers=[{"name": "api", "cluster": "sigkill", "type": "lxc"}])
-    with pulumi_stack(values) as (project, name, stack):
-        env = {**os.environ, **project.env}
-        proc = subprocess.Popen(["pulumi", "up", "--yes", "--skip-preview", "--non-interactive", "--stack", name],
-                                cwd=project.dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+    with pulumi_stack(three_node_lxc("sigkill")) as (project, name, stack):
+        proc = start_cli_up(project, name, capture=False)
         # Kill the CLI's process group once the first instances exist. The language host and the provider run in
         # process groups of their own: they must notice and end too, not linger re-parented to init.
         assert wait_for(lambda: len(instances_with_prefix(name)) >= 1, 60, 0.05)
@@ -47,13 +41,5 @@ def test_sigkill_during_up_then_up_converges():
         # The killed CLI leaves the stack locked: `pulumi cancel` (scripts/stack does it by itself when the
         # locking process is gone), then the next `up`, refreshing first as `make up` does, converges.
         stack.cancel()
-        result = stack.up(on_output=lambda _: None, refresh=True)
-        assert result.summary.result == "succeeded"
-        after = instances_with_prefix(name)
-        expected = {f"{name}-cp-{n}" for n in (1, 2, 3)} | {f"{name}-api-haproxy-1"}
-        assert set(after) == expected, (made_before, set(after))  # nothing orphaned, nothing twice
-        ep = result.outputs["loadBalancers"].value["api"]["endpoint"]
-        host, port = ep.rsplit(":", 1)
-        assert wait_for(lambda: {http_get(host, int(port)) for _ in range(9)} ==
-                        {f"{name}-cp-{n}" for n in (1, 2, 3)}, 20)
+        up_converges(stack, name, made_before)
         print(f"\nSIGKILL during up: {len(made_before)} instance(s) existed at the kill; the next up adopted them")
