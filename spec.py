@@ -8,8 +8,12 @@ to a safe pattern here; templates never see unvalidated text.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import json
 import re
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
@@ -43,7 +47,22 @@ CAPABILITIES = {
 }
 API_SERVER_PORT = 6443
 RESERVED_PORTS = range(64512, 65536)  # Claudie keeps these for itself; so do we
-AUTH_PASS_PATTERN = r"^[A-Za-z0-9!@%^&*()_+=:,.<>?/~-]+$"
+# Characters keepalived reads literally in a word: not `!` or `#` (a comment anywhere in a word), `"`, `'` or `\\`
+# (quoting), `{` `}` (blocks), `$` (definitions), `~` and `@` (sequences and conditional lines), nor whitespace.
+AUTH_PASS_PATTERN = r"^[A-Za-z0-9%^&*()_+=:,.<>?/-]+$"
+# Ports that haproxy binds for itself in every haproxy-based strategy (lxc, oci, keepalived userspace): the
+# monitor that keepalived's track_script asks, and the runtime API used for drain and status. Both listen on
+# 127.0.0.1 only, but a balanced port on 0.0.0.0 would bind the same port a second time (haproxy sets SO_REUSEPORT,
+# so both would listen and share connections).
+HAPROXY_MONITOR_PORT = 8405
+HAPROXY_RUNTIME_PORT = 9999
+HAPROXY_INTERNAL_PORTS = {HAPROXY_MONITOR_PORT: "haproxy's monitor", HAPROXY_RUNTIME_PORT: "haproxy's runtime API"}
+#: Config fields whose values are secrets: an error about them names the field and the rule, never the value.
+SECRET_KEYS = frozenset({"authPass", "secret", "clientKey", "kubeconfig"})
+#: Bounds on the shape of a stack config (alias bombs, deep nesting, huge values).
+MAX_DEPTH = 32
+MAX_NODES = 100_000
+MAX_STRING = 65_536
 
 # --- safe scalar types ---------------------------------------------------------------------------------
 
@@ -65,14 +84,50 @@ LabelValue = Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-def _ip(value: str) -> str:
+def show(value: Any, limit: int = 60) -> str:
+    """A value as an error message shows it: escaped (no control character reaches a terminal or a PR comment)
+    and cut when long."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        return json.dumps(text[:limit], ensure_ascii=True)[:-1] + f'..." ({len(text)} characters)'
+    return json.dumps(text, ensure_ascii=True)
+
+
+def ip_object(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as every config file can print it: no IPv6 scope (`%zone`, which Python's parser keeps with
+    whatever follows it), no IPv4-mapped form (it would be routed as IPv6), not unspecified nor multicast."""
+    if not isinstance(value, str):
+        raise ValueError(f"{show(value)} is not an IPv4 or IPv6 address")
+    if "%" in value:
+        raise ValueError(f"{show(value)} has an IPv6 scope (`%zone`); scoped addresses are not accepted here")
     try:
-        return str(ipaddress.ip_address(value))
+        ip = ipaddress.ip_address(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+        raise ValueError(f"{show(value)} is not an IPv4 or IPv6 address") from None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        raise ValueError(f"{show(value)} is an IPv4-mapped IPv6 address: write the IPv4 address {ip.ipv4_mapped}")
+    if ip.is_unspecified or ip.is_multicast:
+        raise ValueError(f"{show(value)} is {'unspecified' if ip.is_unspecified else 'a multicast address'}")
+    return ip
+
+
+def _ip(value: str) -> str:
+    return str(ip_object(value))
+
+
+def family_of(address: str) -> str:
+    return "IPv6" if ":" in address else "IPv4"
 
 
 IpAddress = Annotated[str, AfterValidator(_ip)]
+
+
+# An OCI image reference as the distribution grammar defines it: [domain[:port]/]path[:tag][@digest]. A trailing
+# `:`, upper case in the path or a YAML keyword alone are refused here rather than at the runtime.
+_REF_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REF_DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)"
+IMAGE_REFERENCE_PATTERN = (rf"^{_REF_DOMAIN}?{_REF_COMPONENT}(?:/{_REF_COMPONENT})*"
+                           r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$")
 
 
 class Model(BaseModel):
@@ -298,8 +353,8 @@ class OciSpec(Model):
 
     registry: str = Field("https://docker.io", description="OCI registry URL.",
                           pattern=r"^https://[A-Za-z0-9.-]+(:\d+)?$")
-    image: str = Field("library/haproxy:lts", description="Image reference in the registry.",
-                       pattern=r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?(@sha256:[a-f0-9]{64})?$")
+    image: str = Field("library/haproxy:lts", description="Image reference in the registry: path[:tag][@digest].",
+                       max_length=255, pattern=IMAGE_REFERENCE_PATTERN)
     profiles: list[IncusName] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
 
@@ -320,7 +375,8 @@ class KubeVipSpec(Model):
     vip: IpAddress = Field(description="The VIP kube-vip announces; must be the endpoint's host.")
     interface: str = Field("eth0", pattern=r"^[a-z][a-z0-9.-]{0,14}$")
     path: str = Field("/etc/kubernetes/manifests/kube-vip.yaml", pattern=r"^/[A-Za-z0-9._/-]+\.ya?ml$")
-    image: str = Field("ghcr.io/kube-vip/kube-vip:v0.8.9", pattern=r"^[a-z0-9][a-z0-9._/:-]*$")
+    image: str = Field("ghcr.io/kube-vip/kube-vip:v0.8.9", max_length=255, pattern=IMAGE_REFERENCE_PATTERN,
+                       description="Image reference: [registry[:port]/]path[:tag][@digest].")
     lease_duration_seconds: int = Field(5, alias="leaseDurationSeconds", ge=1, le=300,
                                         description="vip_leaseduration (kube-vip default 5).")
     renew_deadline_seconds: int = Field(3, alias="renewDeadlineSeconds", ge=1, le=300,
@@ -354,19 +410,34 @@ class ExternalSpec(Model):
     def _check(self):
         if not 1 <= self.port <= 65535:
             raise ValueError(f"endpoint port {self.port} is outside 1-65535")
-        if self.kube_vip and self.kube_vip.vip != self.host:
+        if self.endpoint.startswith("["):
+            ip_object(self.host)  # a bracketed host is an IPv6 address
+        elif not re.fullmatch(r"[0-9.]+", self.host):
+            check_dns_name(self.host, "endpoint host")
+        else:
+            ip_object(self.host)
+        if self.kube_vip and ipaddress.ip_address(self.kube_vip.vip) != _maybe_ip(self.host):
             raise ValueError(f"kubeVip.vip {self.kube_vip.vip} must be the endpoint's host ({self.host})")
         return self
 
 
-def _cidr(value: str) -> str:
+def _maybe_ip(value: str):
     try:
-        iface = ipaddress.ip_interface(value)
+        return ipaddress.ip_address(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not an address with a prefix length (CIDR), e.g. 198.18.10.50/24") from None
-    if "/" not in value:
-        raise ValueError(f"{value!r} has no prefix length: write it as a CIDR, e.g. {value}/24")
-    return str(iface)
+        return None
+
+
+def _cidr(value: str) -> str:
+    if not isinstance(value, str) or "/" not in value:
+        if isinstance(value, str) and _maybe_ip(value) is not None and "%" not in value:
+            raise ValueError(f"{show(value)} has no prefix length: write it as a CIDR, e.g. {value}/24")
+        raise ValueError(f"{show(value)} is not an address with a prefix length (CIDR), e.g. 198.18.10.50/24")
+    address, _, prefix = value.partition("/")
+    ip = ip_object(address)
+    if not re.fullmatch(r"[0-9]{1,3}", prefix) or int(prefix) > ip.max_prefixlen:
+        raise ValueError(f"{show(value)} is not an address with a prefix length (CIDR), e.g. 198.18.10.50/24")
+    return f"{ip}/{int(prefix)}"
 
 
 Cidr = Annotated[str, AfterValidator(_cidr)]
@@ -380,8 +451,9 @@ class VrrpInstanceSpec(Model):
     virtual_router_id: Optional[int] = Field(None, alias="virtualRouterID", ge=1, le=255,
                                              description="1-255; default 51 + the instance's index.")
     advert_interval_seconds: float = Field(
-        1, alias="advertIntervalSeconds", gt=0, le=255,
-        description="VRRP advertisement interval; fractional values need VRRP version 3 (no authentication).")
+        1, alias="advertIntervalSeconds", ge=0.01, le=255,
+        description="VRRP advertisement interval, 0.01-255 s with at most two decimals (keepalived's range); "
+        "fractional values need VRRP version 3 (no authentication).")
     auth_pass: Optional[str] = Field(
         None, alias="authPass", min_length=1, max_length=8, pattern=AUTH_PASS_PATTERN,
         description="1-8 characters (longer is an error, not a silent truncation); set it as a Pulumi secret.")
@@ -397,8 +469,21 @@ class VrrpInstanceSpec(Model):
 
     @property
     def advert_int_text(self) -> str:
-        v = float(self.advert_interval_seconds)
-        return str(int(v)) if v.is_integer() else f"{v:g}"
+        """Plain decimal, never exponent form (keepalived reads `1e-02` as 1)."""
+        v = Decimal(str(self.advert_interval_seconds)).quantize(Decimal("0.01"))
+        return str(int(v)) if v == v.to_integral_value() else format(v.normalize(), "f")
+
+    @field_validator("advert_interval_seconds")
+    @classmethod
+    def _two_decimals(cls, value: float) -> float:
+        try:
+            exponent = Decimal(str(value)).normalize().as_tuple().exponent
+        except InvalidOperation:
+            raise ValueError("advertIntervalSeconds must be a number") from None
+        if not isinstance(exponent, int) or exponent < -2:
+            raise ValueError(f"advertIntervalSeconds {show(value)} has more than two decimals (keepalived counts "
+                             "in hundredths of a second)")
+        return value
 
     @model_validator(mode="after")
     def _check(self):
@@ -409,6 +494,19 @@ class VrrpInstanceSpec(Model):
                              "drop authPass or use whole seconds")
         if bool(self.unicast_peers) != bool(self.unicast_source_ip):
             raise ValueError("unicastPeers and unicastSourceIP go together")
+        families = {family_of(v.split("/")[0]) for v in self.virtual_ips}
+        if len(families) > 1:
+            raise ValueError("virtualIPs mixes IPv4 and IPv6: a VRRP instance carries one address family")
+        family = families.pop()
+        for k, peer in enumerate(self.unicast_peers):
+            if family_of(peer) != family:
+                raise ValueError(f"unicastPeers[{k}] {peer} is not {family} like the virtualIPs")
+        if self.unicast_source_ip and family_of(self.unicast_source_ip) != family:
+            raise ValueError(f"unicastSourceIP {self.unicast_source_ip} is not {family} like the virtualIPs")
+        if self.unicast_source_ip in self.unicast_peers:
+            raise ValueError("unicastPeers lists the unicastSourceIP itself")
+        if len(set(self.unicast_peers)) != len(self.unicast_peers):
+            raise ValueError("unicastPeers has duplicates")
         return self
 
 
@@ -417,14 +515,25 @@ class VirtualServerSpec(Model):
 
     ip_address: IpAddress = Field(alias="ipAddress")
     port: Port = 6443
-    delay_loop: str = Field("1m", alias="delayLoop", pattern=r"^\d+(s|m)?$", description="Check interval, e.g. 1m.")
+    delay_loop: str = Field("1m", alias="delayLoop", pattern=r"^[0-9]{1,7}(s|m)?$",
+                            description="Check interval, e.g. 1m or 30s: at least 1s (keepalived's delay_loop).")
     lb_algo: Literal["rr", "wrr", "lc", "wlc", "lblc", "dh", "sh", "sed", "nq"] = Field("rr", alias="lbAlgo")
     lb_kind: Literal["NAT", "DR", "TUN"] = Field("DR", alias="lbKind")
     persistence_timeout_seconds: int = Field(360, alias="persistenceTimeoutSeconds", ge=1, le=2678400)
 
-    def view(self, default_port: int) -> dict:
+    @property
+    def delay_loop_seconds(self) -> int:
         d = self.delay_loop
-        seconds = int(d[:-1]) * 60 if d.endswith("m") else int(d.rstrip("s"))
+        return int(d[:-1]) * 60 if d.endswith("m") else int(d.rstrip("s"))
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.delay_loop_seconds < 1:
+            raise ValueError(f"delayLoop {self.delay_loop} must be at least 1s (keepalived refuses 0)")
+        return self
+
+    def view(self, default_port: int) -> dict:
+        seconds = self.delay_loop_seconds
         return {"ip_address": self.ip_address, "port": self.port or default_port, "delay_loop": seconds,
                 "lb_algo": self.lb_algo, "lb_kind": self.lb_kind,
                 "persistence_timeout": self.persistence_timeout_seconds}
@@ -443,10 +552,27 @@ class KeepalivedSpec(Model):
         ids = [vi.router_id(i) for i, vi in enumerate(self.vrrp_instances)]
         if len(ids) != len(set(ids)):
             raise ValueError(f"vrrpInstances: virtualRouterID values must be unique in a balancer (got {ids})")
-        vips = [v for vi in self.vrrp_instances for v in vi.virtual_ips]
+        vips = [v.split("/")[0] for vi in self.vrrp_instances for v in vi.virtual_ips]
         if len(vips) != len(set(vips)):
             raise ValueError("vrrpInstances: the same VIP appears in two VRRP instances")
+        for k, vs in enumerate(self.virtual_servers):
+            if vs.ip_address not in vips:
+                raise ValueError(f"virtualServers[{k}].ipAddress {vs.ip_address} is none of the vrrpInstances' "
+                                 "virtualIPs: a virtual server listens on a VIP")
         return self
+
+
+def check_dns_name(value: str, what: str = "name"):
+    """A host name, label by label (dnspython): each label 1-63 letters, digits or `-`, 255 bytes in all."""
+    import dns.name
+
+    if not re.fullmatch(r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?",
+                        value):
+        raise ValueError(f"{what} {show(value)} is not a DNS name (labels of letters, digits and '-')")
+    try:
+        return dns.name.from_text(value)
+    except dns.name.NameTooLong:
+        raise ValueError(f"{what} {show(value)} is longer than 255 bytes") from None
 
 
 DnsName = Annotated[str, StringConstraints(
@@ -486,8 +612,20 @@ class DnsRoleSpec(Model):
 class TsigSpec(Model):
     name: DnsName = Field(description="TSIG key name as the DNS server knows it.")
     algorithm: Literal["hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1"] = "hmac-sha256"
-    secret: str = Field(description="Base64 key secret; set it with `pulumi config set --secret --path`.",
-                        pattern=r"^[A-Za-z0-9+/]+={0,2}$", min_length=8)
+    secret: str = Field(description="Base64 key secret (as `tsig-keygen` prints it), at least 8 characters; set it "
+                        "with `pulumi config set --secret --path`.", min_length=8, max_length=1024)
+
+    @field_validator("secret")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        # The message names the rule, never the value (it is a secret).
+        try:
+            key = base64.b64decode(value.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            raise ValueError("is not valid base64 (the secret is not shown)") from None
+        if not key:
+            raise ValueError("decodes to an empty key")
+        return value
 
 
 class DnsNodesSpec(Model):
@@ -504,8 +642,9 @@ class DnsSpec(Model):
     zone: DnsName = Field(description="Zone the records go in, e.g. cplb.test.")
     hostname: DnsName = Field(description="Name in the zone (relative, or a full name inside the zone).")
     ttl: int = Field(30, ge=1, le=86400)
-    server: str = Field(description="Authoritative DNS server for updates, address:port.",
-                        pattern=r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9A-Fa-f:]+\]):\d{1,5}$")
+    server: str = Field(description="Authoritative DNS server for updates, address:port (port 1-65535; an IPv6 "
+                        "address in brackets).",
+                        pattern=r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]):\d{1,5}$")
     tsig: TsigSpec
 
     @property
@@ -514,9 +653,19 @@ class DnsSpec(Model):
 
     @property
     def fqdn(self) -> str:
-        h = self.hostname.rstrip(".").lower()
-        z = self.zone_fqdn.rstrip(".")
-        return (h if h == z or h.endswith("." + z) else f"{h}.{z}") + "."
+        """The full name: a name ending in `.` is absolute, any other is relative to the zone (as in a zone file)."""
+        import dns.name
+
+        zone = dns.name.from_text(self.zone_fqdn)
+        return dns.name.from_text(self.hostname.lower(), origin=zone).to_text()
+
+    @property
+    def server_host(self) -> str:
+        return self.server.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def server_port(self) -> int:
+        return int(self.server.rsplit(":", 1)[1])
 
     @model_validator(mode="after")
     def _check(self):
@@ -528,9 +677,26 @@ class DnsSpec(Model):
         ports = [(r.protocol, r.port) for r in self.roles]
         if len(ports) != len(set(ports)):
             raise ValueError("roles: two roles listen on the same protocol and port")
-        if self.hostname.endswith(".") and not (self.hostname.lower() + "").endswith(self.zone_fqdn):
+        import dns.name
+
+        zone = check_dns_name(self.zone_fqdn, "zone")
+        check_dns_name(self.hostname, "hostname")
+        try:
+            fqdn = dns.name.from_text(self.hostname.lower(), origin=zone)
+        except dns.name.NameTooLong:
+            raise ValueError(f"hostname {self.hostname} in zone {self.zone_fqdn} makes a name longer than 255 "
+                             "bytes") from None
+        # Label by label: `api.othercplb.test.` is not inside `cplb.test.` although the text ends the same.
+        if not fqdn.is_subdomain(zone):
             raise ValueError(f"hostname {self.hostname} is outside the zone {self.zone_fqdn}")
-        _ip(self.server.rsplit(":", 1)[0].strip("[]"))
+        if self.server.startswith("[") != (":" in self.server_host):
+            raise ValueError(f"server {show(self.server)}: write an IPv6 address in brackets, an IPv4 one without")
+        try:
+            ip_object(self.server_host)
+        except ValueError as exc:
+            raise ValueError(f"server: {exc}") from None
+        if not 1 <= self.server_port <= 65535:
+            raise ValueError(f"server port {self.server_port} is outside 1-65535")
         return self
 
 
@@ -617,9 +783,70 @@ class LoadBalancerSpec(Model):
         sections = [s for s in STRATEGIES if getattr(self, s, None) is not None and s != self.type]
         if sections:
             raise ValueError(f"section `{sections[0]}` does not apply to type {self.type!r}")
-        if self.stats.enabled and any(p.port == self.stats.port for p in self.ports):
-            raise ValueError("stats.port collides with a balanced port")
+        self._check_ports_free()
+        self._check_address_families()
         return self
+
+    def _listened(self) -> list[tuple[str, int, int]]:
+        """(key, first, last) of every port the balancer listens on."""
+        return [(f"ports[{i}]", p.port, p.last_port) for i, p in enumerate(self.ports)]
+
+    def _check_ports_free(self):
+        """A port the balancer binds for itself must not fall inside a balanced port or range."""
+        own: dict[int, str] = {}
+        if self.uses_haproxy:
+            own.update(HAPROXY_INTERNAL_PORTS)
+        if self.stats.enabled:
+            if self.stats.port in own:
+                raise ValueError(f"stats.port {self.stats.port} is {own[self.stats.port]} port")
+            own[self.stats.port] = "stats.port"
+        for key, first, last in self._listened():
+            for port, what in sorted(own.items()):
+                if first <= port <= last:
+                    raise ValueError(f"{key} ({first}{'-' + str(last) if last != first else ''}) includes port "
+                                     f"{port}, which is {what}" + ("" if what == "stats.port" else
+                                     " in this strategy; choose another port"))
+
+    def _check_address_families(self):
+        """Every address must be of a family the balancer serves: an IPv6 target on an IPv4-only balancer would
+        silently never get traffic."""
+        served = set(self.ip_families)
+        target_sets = [("targets", self.targets)]
+        if self.dns:
+            target_sets += [(f"dns.roles[{i}].targets", r.targets) for i, r in enumerate(self.dns.roles)]
+        for key, targets in target_sets:
+            for k, t in enumerate(targets.addresses if targets else []):
+                if family_of(t.address) not in served:
+                    raise ValueError(f"{key}.addresses[{k}].address {t.address} is {family_of(t.address)} but "
+                                     f"ipFamilies is [{', '.join(self.ip_families)}]")
+        if self.type == "lxc" and self.lxc_spec.vip and family_of(self.lxc_spec.vip) != "IPv4":
+            raise ValueError("lxc.vip must be an IPv4 address (this version manages IPv4 VIPs only)")
+        if self.type == "ovn" and family_of(self.ovn.listen_address) not in served:
+            raise ValueError(f"ovn.listenAddress {self.ovn.listen_address} is {family_of(self.ovn.listen_address)} "
+                             f"but ipFamilies is [{', '.join(self.ip_families)}]")
+        if self.type == "keepalived":
+            for j, vi in enumerate(self.keepalived.vrrp_instances):
+                for k, vip in enumerate(vi.virtual_ips):
+                    if family_of(vip) not in served:
+                        raise ValueError(f"keepalived.vrrpInstances[{j}].virtualIPs[{k}] {vip} is "
+                                         f"{family_of(vip)} but ipFamilies is [{', '.join(self.ip_families)}]")
+        if self.type == "external" and self.external.kube_vip:
+            vip = self.external.kube_vip.vip
+            if family_of(vip) not in served:
+                raise ValueError(f"external.kubeVip.vip {vip} is {family_of(vip)} but ipFamilies is "
+                                 f"[{', '.join(self.ip_families)}]")
+
+    @property
+    def uses_haproxy(self) -> bool:
+        return self.type in ("lxc", "oci") or (self.type == "keepalived" and self.keepalived.mode != "ipvs")
+
+    def incus_names(self) -> list[tuple[str, str]]:
+        """(name without the stack prefix, key path) of every instance this balancer creates."""
+        if self.type in ("lxc", "oci"):
+            return [(f"{self.name}-haproxy-{n}", "name") for n in range(1, self.lxc_spec.replicas + 1)]
+        if self.type == "dns":
+            return [(f"{self.name}-proxy-{n}", "name") for n in range(1, self.dns.nodes.count + 1)]
+        return []
 
     @property
     def lxc_spec(self) -> LxcSpec:
@@ -640,6 +867,24 @@ class StackSpec(Model):
     instance_groups: list[InstanceGroupSpec] = Field(default_factory=list, alias="instanceGroups")
     load_balancers: list[LoadBalancerSpec] = Field(default_factory=list, alias="loadBalancers")
 
+    def incus_names(self) -> list[tuple[str, str]]:
+        """(name without the `<stack>-` prefix, key path) of every instance the stack creates, computed once here
+        so that two objects that would get one name are refused before anything is created."""
+        out = [(f"{g.name}-{n}", f"instanceGroups[{i}]") for i, g in enumerate(self.instance_groups)
+               for n in range(1, g.count + 1)]
+        for i, lb in enumerate(self.load_balancers):
+            out += [(name, f"loadBalancers[{i}]") for name, _ in lb.incus_names()]
+        return out
+
+    def check_object_names(self, stack: str) -> None:
+        """Every Incus name with the stack prefix is a valid instance name (the stack name counts in its length)."""
+        for name, key in self.incus_names():
+            full = f"{stack}-{name}"
+            if not re.fullmatch(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?", full):
+                raise SpecError(f"invalid stack config:\n  {NAMESPACE}:{key}.name: the Incus instance name {show(full)} "
+                                f"(stack {show(stack)}) is not valid: lower-case letters, digits and '-', at most 63 "
+                                "characters")
+
     @model_validator(mode="after")
     def _unique_names(self):
         for attr, key in (("instance_groups", "instanceGroups"), ("load_balancers", "loadBalancers")):
@@ -650,6 +895,12 @@ class StackSpec(Model):
         clash = {g.name for g in self.instance_groups} & {lb.name for lb in self.load_balancers}
         if clash:
             raise ValueError(f"names used by both an instance group and a load balancer: {', '.join(sorted(clash))}")
+        owners: dict[str, str] = {}
+        for name, key in self.incus_names():
+            if name in owners:
+                raise ValueError(f"{key} and {owners[name]} would both create the Incus instance `<stack>-{name}`; "
+                                 "rename one of them")
+            owners[name] = key
         vrids: list[tuple[int, str]] = []
         for lb in self.load_balancers:
             if lb.type == "lxc" and lb.lxc_spec.replicas > 1:
@@ -686,49 +937,109 @@ class SpecError(Exception):
     """Invalid stack config; the message lists each problem with its key path."""
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
+MAX_ERRORS = 20
+
+
 def _path(loc: tuple[Any, ...]) -> str:
+    """A key path as YAML keys spell it; a key with any other character is printed quoted and escaped."""
     out = ""
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) and not isinstance(part, bool):
             out += f"[{part}]"
+        elif isinstance(part, str) and _PLAIN_KEY.fullmatch(part):
+            out += ("." if out else "") + part
         else:
-            out += ("." if out else "") + str(part)
+            out += f"[{show(part, 40)}]"
     return out
 
 
-def _message(err: dict[str, Any]) -> str:
+def _is_secret(loc: tuple[Any, ...]) -> bool:
+    return any(part in SECRET_KEYS for part in loc if isinstance(part, str))
+
+
+def _message(err: dict[str, Any], secret: bool) -> str:
     msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "string_pattern_mismatch":
-        msg = f"{msg} (got {err['input']!r})"
-    elif err["type"] in ("literal_error", "greater_than_equal", "less_than_equal", "int_parsing"):
-        msg = f"{msg} (got {err['input']!r})"
-    elif err["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling; see docs/config.md)"
+    if err["type"] == "extra_forbidden":
+        return "unknown key (check the spelling; see docs/config.md)"
+    if secret:
+        # Pydantic's own messages never hold the input; ours on secret fields never do either. Add no value.
+        return msg
+    if err["type"] in ("string_pattern_mismatch", "literal_error", "greater_than_equal", "less_than_equal",
+                       "int_parsing", "int_from_float", "greater_than", "less_than"):
+        msg = f"{msg} (got {show(err['input'])})"
     return msg
 
 
 def format_errors(exc: ValidationError) -> str:
     lines = []
-    for err in exc.errors():
+    errors = exc.errors(include_url=False)
+    for err in errors[:MAX_ERRORS]:
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # Tagged-union and literal branches add model names to the path; keep only real keys.
         path = _path(loc)
-        lines.append(f"  {NAMESPACE}:{path}: {_message(err)}" if path else f"  {NAMESPACE}: {_message(err)}")
+        text = _message(err, _is_secret(loc))
+        lines.append(f"  {NAMESPACE}:{path}: {text}" if path else f"  {NAMESPACE}: {text}")
+    if len(errors) > MAX_ERRORS:
+        lines.append(f"  ... and {len(errors) - MAX_ERRORS} more")
     return "invalid stack config:\n" + "\n".join(lines)
 
 
-def parse(values: dict[str, Any]) -> StackSpec:
-    """Validate the raw values of the `cplb` namespace (top-level key -> decoded YAML value)."""
-    unknown = sorted(set(values) - set(TOP_LEVEL_KEYS))
+def check_shape(values: Any, key: str) -> None:
+    """Refuse a config whose shape no schema field can have, before pydantic walks it: nesting deeper than
+    MAX_DEPTH, more than MAX_NODES values (a YAML alias bomb expands to millions), keys that are not strings,
+    strings longer than MAX_STRING. Iterative, so no depth can exhaust Python's stack."""
+
+    def refuse(loc: tuple, why: str):
+        raise SpecError(f"invalid stack config:\n  {NAMESPACE}:{_path(loc)}: {why}")
+
+    count = 0
+    pending: list[tuple[Any, tuple]] = [(values, (key,))]
+    while pending:
+        node, loc = pending.pop()
+        count += 1
+        if count > MAX_NODES:
+            refuse((key,), f"more than {MAX_NODES} values (YAML aliases expanded); no stack needs that many")
+        if len(loc) > MAX_DEPTH:
+            refuse(loc[:MAX_DEPTH], f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            for k, value in node.items():
+                if not isinstance(k, str):
+                    refuse(loc, f"key {show(k)} is not a string")
+                pending.append((value, loc + (k,)))
+        elif isinstance(node, list):
+            pending.extend((value, loc + (i,)) for i, value in enumerate(node))
+        elif isinstance(node, str):
+            if len(node) > MAX_STRING:
+                refuse(loc, f"a value of {len(node)} characters (at most {MAX_STRING})")
+        elif not isinstance(node, (int, float, bool, type(None))):
+            refuse(loc, f"a {type(node).__name__} is not a config value (use strings, numbers, booleans, lists "
+                        "and maps)")
+
+
+def parse(values: dict[str, Any], stack: Optional[str] = None) -> StackSpec:
+    """Validate the raw values of the `cplb` namespace (top-level key -> decoded YAML value). With `stack`, the
+    Incus names the stack will create are checked too (their length counts the stack name)."""
+    if not isinstance(values, dict):
+        raise SpecError(f"invalid stack config:\n  {NAMESPACE}: the namespace must be a map of keys, not "
+                        f"{type(values).__name__}")
+    unknown = sorted((k for k in values if k not in TOP_LEVEL_KEYS), key=str)
     if unknown:
         raise SpecError(
             "invalid stack config:\n"
-            + "\n".join(f"  {NAMESPACE}:{k}: unknown key (allowed: {', '.join(TOP_LEVEL_KEYS)})" for k in unknown)
+            + "\n".join(f"  {NAMESPACE}:{_path((k,))}: unknown key (allowed: {', '.join(TOP_LEVEL_KEYS)})"
+                        for k in unknown[:MAX_ERRORS])
         )
+    for key, value in values.items():
+        check_shape(value, key)
     try:
-        return StackSpec.model_validate({k: v for k, v in values.items() if v is not None})
+        parsed = StackSpec.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
         raise SpecError(format_errors(exc)) from None
+    except RecursionError:
+        raise SpecError(f"invalid stack config:\n  {NAMESPACE}: nested too deeply") from None
+    if stack is not None:
+        parsed.check_object_names(stack)
+    return parsed
 
 
 def from_pulumi_config() -> StackSpec:
@@ -746,6 +1057,9 @@ def from_pulumi_config() -> StackSpec:
     for key in values:
         try:
             values[key] = cfg.get_object(key)
-        except Exception as exc:  # not JSON/YAML-decodable
-            raise SpecError(f"invalid stack config:\n  {NAMESPACE}:{key}: cannot be read ({exc})") from None
-    return parse(values)
+        except RecursionError:
+            raise SpecError(f"invalid stack config:\n  {NAMESPACE}:{_path((key,))}: nested too deeply") from None
+        except Exception as exc:  # not JSON/YAML-decodable; the text may be a secret, so it is not shown
+            raise SpecError(f"invalid stack config:\n  {NAMESPACE}:{_path((key,))}: cannot be read "
+                            f"({type(exc).__name__})") from None
+    return parse(values, pulumi.get_stack())

@@ -28,7 +28,7 @@ class StackContext:
     def object_name(self, *parts: str) -> str:
         """`<stack>-<part>-...`: deterministic, so an interrupted `up` can adopt what it made."""
         name = "-".join([self.stack, *parts])
-        if not _NAME_OK.match(name):
+        if not _NAME_OK.fullmatch(name):
             raise ValueError(
                 f"the Incus object name {name!r} (from stack {self.stack!r}) is not a valid instance name: use "
                 "lower-case letters, digits and '-', at most 63 characters"

@@ -67,6 +67,33 @@ def healthy(addresses: list[str], port: int, *, wait_seconds: float,
     return sorted(ok)
 
 
+def render_nginx(stack: str, lb, rows: list[tuple[str, str, str]]) -> str:
+    """nginx.conf of a proxy node. `rows`: (role name, IPv4 address, IPv6 address) of every role target."""
+    dns, families = lb.dns, lb.ip_families
+    by_role: dict[str, dict[str, set]] = {r.name: {"IPv4": set(), "IPv6": set()} for r in dns.roles}
+    for role_name, v4, v6 in rows:
+        if v4:
+            by_role[role_name]["IPv4"].add(v4)
+        if v6:
+            by_role[role_name]["IPv6"].add(f"[{v6}]")
+    roles = []
+    for r in dns.roles:
+        # One listener and upstream per family: IPv6 clients reach the targets over IPv6.
+        fams = []
+        if "IPv4" in families:
+            fams.append({"suffix": "", "listen": "", "opts": "",
+                         "targets": [f"{a}:{r.target_port}" for a in sorted(by_role[r.name]["IPv4"])]})
+        if "IPv6" in families:
+            fams.append({"suffix": "_v6", "listen": "[::]:", "opts": "ipv6only=on",
+                         "targets": [f"{a}:{r.target_port}" for a in sorted(by_role[r.name]["IPv6"])]})
+        roles.append({
+            "name": r.name, "protocol": r.protocol, "port": r.port, "families": fams,
+            "proxy_protocol": r.settings.proxy_protocol, "sticky": r.settings.sticky_sessions,
+        })
+    return render("nginx-stream.conf.j2", stack=stack, lb_name=lb.name, roles=roles,
+                  max_fails=lb.health_check.fall, fail_timeout=max(lb.health_check.interval_seconds, 1) * 5)
+
+
 class DnsLoadBalancer(pulumi.ComponentResource):
     def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("cplb:lb:DnsLoadBalancer", name, None, opts)
@@ -84,31 +111,8 @@ class DnsLoadBalancer(pulumi.ComponentResource):
 
         families = lb.ip_families
 
-        def render_conf(addrs: list) -> str:
-            by_role: dict[str, dict[str, set]] = {r.name: {"IPv4": set(), "IPv6": set()} for r in dns.roles}
-            for (role_name, _), (v4, v6) in zip(flat, addrs):
-                if v4:
-                    by_role[role_name]["IPv4"].add(v4)
-                if v6:
-                    by_role[role_name]["IPv6"].add(f"[{v6}]")
-            roles = []
-            for r in dns.roles:
-                # One listener and upstream per family: IPv6 clients reach the targets over IPv6.
-                fams = []
-                if "IPv4" in families:
-                    fams.append({"suffix": "", "listen": "", "opts": "",
-                                 "targets": [f"{a}:{r.target_port}" for a in sorted(by_role[r.name]["IPv4"])]})
-                if "IPv6" in families:
-                    fams.append({"suffix": "_v6", "listen": "[::]:", "opts": " ipv6only=on",
-                                 "targets": [f"{a}:{r.target_port}" for a in sorted(by_role[r.name]["IPv6"])]})
-                roles.append({
-                    "name": r.name, "protocol": r.protocol, "port": r.port, "families": fams,
-                    "proxy_protocol": r.settings.proxy_protocol, "sticky": r.settings.sticky_sessions,
-                })
-            return render("nginx-stream.conf.j2", stack=ctx.stack, lb_name=lb.name, roles=roles,
-                          max_fails=lb.health_check.fall, fail_timeout=max(lb.health_check.interval_seconds, 1) * 5)
-
-        conf = pulumi.Output.all(*[pulumi.Output.all(b.address, b.address6) for _, b in flat]).apply(render_conf)
+        conf = pulumi.Output.all(*[pulumi.Output.all(b.address, b.address6) for _, b in flat]).apply(
+            lambda addrs: render_nginx(ctx.stack, lb, [(rn, v4, v6) for (rn, _), (v4, v6) in zip(flat, addrs)]))
         spec = dns.nodes.instance
         labels = {"user.cluster-name": lb.cluster, "user.cluster-role": "loadbalancer", "user.cplb.balancer": lb.name}
         self.nodes: list[Instance] = []

@@ -16,6 +16,17 @@ from components.status import at_up, condition
 from providers.instance_file import InstanceFile
 
 
+def render_kube_vip(stack: str, lb) -> str:
+    """The kube-vip static pod (ARP mode, leader election through a Lease), as users deploy it on kubelet nodes."""
+    ext, kv = lb.external, lb.external.kube_vip
+    return render(
+        "kube-vip.yaml.j2", stack=stack, lb_name=lb.name, vip=kv.vip, interface=kv.interface,
+        cidr="128" if ":" in kv.vip else "32", port=str(ext.port), image=kv.image,
+        lease_duration=str(kv.lease_duration_seconds), renew_deadline=str(kv.renew_deadline_seconds),
+        retry_period=str(kv.retry_period_seconds),
+    )
+
+
 class ExternalLoadBalancer(pulumi.ComponentResource):
     def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("cplb:lb:ExternalLoadBalancer", name, None, opts)
@@ -24,17 +35,13 @@ class ExternalLoadBalancer(pulumi.ComponentResource):
         self.files: list[InstanceFile] = []
         kv = ext.kube_vip
         if kv:
-            manifest = render(
-                "kube-vip.yaml.j2", stack=ctx.stack, lb_name=lb.name, vip=kv.vip, interface=kv.interface,
-                cidr="128" if ":" in kv.vip else "32", port=str(ext.port), image=kv.image,
-                lease_duration=str(kv.lease_duration_seconds), renew_deadline=str(kv.renew_deadline_seconds),
-                retry_period=str(kv.retry_period_seconds),
-            )
+            manifest = render_kube_vip(ctx.stack, lb)
             for target in args.backends:
                 self.files.append(InstanceFile(
                     f"{name}-kube-vip-{target.name}",
                     instance=target.name, instance_uuid=target.uuid, path=kv.path, content=manifest,
                     connection=ctx.connection, credentials=ctx.credentials, mode="0600",
+                    validate_format="kubernetes-manifest",
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[r for r in [target.resource] if r]),
                 ))
         self.endpoint = pulumi.Output.from_input(ext.endpoint)

@@ -16,7 +16,7 @@ import pulumi
 from components.lxc import HAPROXY_CFG, HAPROXY_RELOAD, HAPROXY_VALIDATE, KEEPALIVED_CONF, KEEPALIVED_RELOAD
 from components.common import LoadBalancerArgs
 from components.lxc import KEEPALIVED_VALIDATE, MONITOR_PORT, RenderedBackend, haproxy_drain, render_haproxy
-from components.render import render
+from components.render import Quoted, render
 import health
 from components.status import at_up, backends_condition, condition, ready_condition
 from components.targets import port_pairs, routing
@@ -30,7 +30,7 @@ CHECKS = {
 }
 
 
-def vrrp_view(lb, nodes_addresses: dict) -> list[dict]:
+def vrrp_view(lb, _unused: Optional[dict] = None) -> list[dict]:
     """The VRRP instances as the template needs them (validated values only)."""
     out = []
     for i, vi in enumerate(lb.keepalived.vrrp_instances):
@@ -46,6 +46,19 @@ def vrrp_view(lb, nodes_addresses: dict) -> list[dict]:
             "virtual_ips": list(vi.virtual_ips),
         })
     return out
+
+
+def render_node_conf(stack: str, lb, node: str, index: int, addresses: list[str], mode: str,
+                     check: Optional[str] = None) -> str:
+    """keepalived.conf of one control-plane node (`addresses`: every node's address, in node order)."""
+    port = lb.ports[0]
+    return render(
+        "keepalived-node.conf.j2", stack=stack, lb_name=lb.name, node=node,
+        check_script=Quoted(check or CHECKS[lb.health_check.mode].format(port=port.backend_port)),
+        priority=200 - 10 * min(index, 9), vrrp_instances=vrrp_view(lb, {}),
+        virtual_servers=[vs.view(port.port) for vs in lb.keepalived.virtual_servers] if mode == "ipvs" else [],
+        real_servers=[a for a in addresses if a],
+    )
 
 
 def detect_mode(lb, facts, node_names: list[str]) -> str:
@@ -65,22 +78,14 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
         mode = detect_mode(lb, facts, names)
         port = lb.ports[0]
         vips = [v.split("/")[0] for vi in ka.vrrp_instances for v in vi.virtual_ips]
-        check = CHECKS[lb.health_check.mode].format(port=port.backend_port)
         has_secret = any(vi.auth_pass for vi in ka.vrrp_instances)
         child = pulumi.ResourceOptions(parent=self)
 
         addresses = pulumi.Output.all(*[n.address for n in nodes])
         self.files: list[InstanceFile] = []
         for i, node in enumerate(nodes):
-            def conf(addrs, i=i, node=node):
-                return render(
-                    "keepalived-node.conf.j2", stack=ctx.stack, lb_name=lb.name, node=node.name,
-                    check_script=check, priority=200 - 10 * min(i, 9),
-                    vrrp_instances=vrrp_view(lb, dict(zip(names, addrs))),
-                    virtual_servers=[vs.view(port.port) for vs in ka.virtual_servers] if mode == "ipvs" else [],
-                    real_servers=[a for a in addrs if a],
-                )
-            content = addresses.apply(conf)
+            content = addresses.apply(lambda addrs, i=i, node=node: render_node_conf(
+                ctx.stack, lb, node.name, i, list(addrs), mode))
             deps = [node.resource] if node.resource else []
             self.files.append(InstanceFile(
                 f"{name}-keepalived-{node.name}",
@@ -88,6 +93,7 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
                 content=pulumi.Output.secret(content) if has_secret else content,
                 connection=ctx.connection, credentials=ctx.credentials,
                 validate_command=KEEPALIVED_VALIDATE, reload_command=KEEPALIVED_RELOAD,
+                redact=[vi.auth_pass for vi in ka.vrrp_instances if vi.auth_pass] or None,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=deps),
             ))
             if mode == "userspace":

@@ -18,11 +18,11 @@ from components.targets import port_pairs, routing
 from providers.haproxy_runtime import RUNTIME_PORT
 from providers.instance import Instance
 from providers.instance_file import InstanceFile
-from spec import LoadBalancerSpec
+from spec import HAPROXY_MONITOR_PORT, LoadBalancerSpec
 
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
-MONITOR_PORT = 8405
+MONITOR_PORT = HAPROXY_MONITOR_PORT
 HAPROXY_VALIDATE = ["haproxy", "-c", "-q", "-f", "{path}"]
 # Reload only when haproxy is already up; on first push the service starts by itself once the file exists.
 HAPROXY_RELOAD = ["sh", "-c", "if [ -s /run/haproxy.pid ]; then kill -USR2 $(cat /run/haproxy.pid); fi"]
@@ -52,7 +52,7 @@ def haproxy_families(families, ipv4_binds=("0.0.0.0",)) -> list[dict]:
     if "IPv4" in families:
         out.append({"suffix": "", "binds": list(ipv4_binds), "opts": "", "attr": "address"})
     if "IPv6" in families:
-        out.append({"suffix": "_v6", "binds": ["::"], "opts": " v6only", "attr": "address6"})
+        out.append({"suffix": "_v6", "binds": ["::"], "opts": "v6only", "attr": "address6"})
     return out
 
 
@@ -64,6 +64,18 @@ def render_haproxy(stack: str, lb: LoadBalancerSpec, backends: list[RenderedBack
         # Bind on every address: the VIP comes and goes with VRRP, and the instance's own address works too.
         families=haproxy_families(lb.ip_families, ipv4_binds),
         monitor_port=MONITOR_PORT, drain_seconds=max(lb.drain.timeout_seconds, 1), runtime_port=RUNTIME_PORT,
+    )
+
+
+def render_vrrp_pair(stack: str, lb: LoadBalancerSpec, router_id: str, priority: int, prefix_len: int) -> str:
+    """keepalived.conf of one haproxy replica: the VIP follows a replica whose haproxy has a live backend."""
+    lxc = lb.lxc_spec
+    return render(
+        "keepalived-haproxy.conf.j2",
+        stack=stack, lb_name=lb.name, router_id=router_id,
+        monitor_port=MONITOR_PORT, instance_name=f"VI_{lb.name.replace('-', '_')}",
+        interface="eth0", virtual_router_id=lxc.virtual_router_id,
+        priority=priority, auth_pass=lxc.auth_pass, vip=lxc.vip, prefix_len=prefix_len,
     )
 
 
@@ -139,13 +151,7 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
                 opts=child,
             ))
             if ha:
-                conf = render(
-                    "keepalived-haproxy.conf.j2",
-                    stack=ctx.stack, lb_name=lb.name, router_id=names[n - 1],
-                    monitor_port=MONITOR_PORT, instance_name=f"VI_{lb.name.replace('-', '_')}",
-                    interface="eth0", virtual_router_id=lxc.virtual_router_id,
-                    priority=200 - 10 * n, auth_pass=lxc.auth_pass, vip=lxc.vip, prefix_len=prefix_len,
-                )
+                conf = render_vrrp_pair(ctx.stack, lb, names[n - 1], 200 - 10 * n, prefix_len)
                 # The file holds the VRRP password: keep it a secret in state, diffs and previews.
                 conf = pulumi.Output.secret(conf) if lxc.auth_pass else conf
                 self.files.append(InstanceFile(
@@ -153,6 +159,7 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
                     instance=inst.name, instance_uuid=inst.uuid, path=KEEPALIVED_CONF, content=conf,
                     connection=ctx.connection, credentials=ctx.credentials,
                     validate_command=KEEPALIVED_VALIDATE, reload_command=KEEPALIVED_RELOAD, opts=child,
+                    redact=[lxc.auth_pass] if lxc.auth_pass else None,
                 ))
 
         addresses = pulumi.Output.all(*[i.address for i in self.instances])

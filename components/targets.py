@@ -9,7 +9,6 @@ Drained instances (`user.cplb.disabled=true`) are left out of the rendered confi
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pulumi
 
 from facts import Facts, is_disabled, selector_matches
-from spec import LoadBalancerSpec, TargetsSpec
+from spec import LoadBalancerSpec, TargetsSpec, ip_object
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -34,16 +33,16 @@ class Backend:
     address6: Any = ""  # the instance's IPv6 address (dual stack), or ""
 
     def __post_init__(self):
-        if not _SAFE_NAME.match(self.name):
+        if not _SAFE_NAME.fullmatch(self.name):
             raise ValueError(f"backend name {self.name!r} is not safe for a config file")
 
 
 def checked_address(value: str, where: str) -> str:
     """Every address that reaches a config file goes through here."""
     try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise ValueError(f"{where}: {value!r} is not an IP address") from None
+        return str(ip_object(value))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def resolve(lb: LoadBalancerSpec, field: str, facts: Facts, stack: str, stack_instances: dict) -> list[Backend]:

@@ -11,7 +11,9 @@ import re
 import shlex
 import time
 
-RUNTIME_PORT = 9999
+from spec import HAPROXY_RUNTIME_PORT
+
+RUNTIME_PORT = HAPROXY_RUNTIME_PORT  # spec refuses a balanced port on it
 _SERVER_LINE = re.compile(r"^\s*server\s+(\S+)\s")
 _SECTION = re.compile(r"^(backend|listen|frontend|defaults|global)\s*(\S*)")
 

@@ -31,6 +31,25 @@ def _conn(props: dict) -> Connection:
     return Connection.from_props(props.get("connection") or {}, props.get("credentials") or {})
 
 
+def _redact(text: str, props: dict) -> str:
+    """Validator output may quote the offending line of a file that holds a secret: never let it through."""
+    for secret in props.get("redact") or []:
+        if isinstance(secret, str) and secret:
+            text = text.replace(secret, "[secret]")
+    return text
+
+
+def _check_format(props: dict) -> None:
+    """Validators that run here, before the file is pushed (the instance may have no parser for the format)."""
+    if props.get("validateFormat") == "kubernetes-manifest":
+        from components.render import RenderError, validate_manifest
+
+        try:
+            validate_manifest(props["content"], props["path"])
+        except RenderError as exc:
+            raise IncusError(f"{props['path']} in {props['instance']}: {exc}; nothing was written") from None
+
+
 def _shell(cmd: Optional[list], staged: str) -> Optional[list]:
     return [part.replace("{path}", staged) for part in cmd] if cmd else None
 
@@ -57,6 +76,7 @@ class InstanceFileProvider(ResourceProvider):
         name, path = props["instance"], props["path"]
         staged = f"{path}.cplb-new"
         mode = int(props.get("mode") or "0644", 8)
+        _check_format(props)
         drained = self._drain(client, props) if drain_first else None
         client.exec(name, ["mkdir", "-p", path.rsplit("/", 1)[0] or "/"])
         client.push_file(name, staged, props["content"].encode(), mode=mode)
@@ -65,7 +85,7 @@ class InstanceFileProvider(ResourceProvider):
             rc, out, err = client.exec(name, validate)
             if rc != 0:
                 client.delete_file(name, staged)
-                detail = (err or out).strip()[-2000:]
+                detail = _redact((err or out).strip(), props)[-2000:]
                 raise IncusError(
                     f"{path} in {name}: the new config failed validation (`{' '.join(validate)}` exited {rc}); "
                     f"the previous config keeps serving.\n{detail}"
@@ -77,7 +97,8 @@ class InstanceFileProvider(ResourceProvider):
         if reload:
             rc, out, err = client.exec(name, list(reload))
             if rc != 0:
-                raise IncusError(f"{path} in {name}: reload (`{' '.join(reload)}`) exited {rc}: {(err or out).strip()}")
+                raise IncusError(f"{path} in {name}: reload (`{' '.join(reload)}`) exited {rc}: "
+                                 f"{_redact((err or out).strip(), props)[-2000:]}")
         outs = self._outs(props, content_hash(props["content"]))
         if drained:
             outs["lastDrain"] = drained
@@ -85,7 +106,7 @@ class InstanceFileProvider(ResourceProvider):
 
     @staticmethod
     def _outs(props: dict, digest: str) -> dict:
-        return {k: v for k, v in props.items() if k != "content"} | {"contentHash": digest}
+        return {k: v for k, v in props.items() if k not in ("content", "redact")} | {"contentHash": digest}
 
     def create(self, props):
         outs = self._apply(props)
@@ -102,7 +123,7 @@ class InstanceFileProvider(ResourceProvider):
         if not isinstance(content, str) or olds.get("contentHash") != content_hash(content):
             changed.append("content")
         # `drain` is not compared: it only says how the next content change is applied.
-        for k in ("mode", "validateCommand", "reloadCommand", "instanceUuid"):
+        for k in ("mode", "validateCommand", "reloadCommand", "instanceUuid", "validateFormat"):
             new = news.get(k)
             if not isinstance(new, (str, list, tuple, type(None))) or plain(olds.get(k)) != plain(new):
                 changed.append(k)
@@ -148,6 +169,8 @@ class InstanceFile(pulumi.dynamic.Resource, module="incus", name="InstanceFile")
         validate_command: Optional[list[str]] = None,
         reload_command: Optional[list[str]] = None,
         drain: Optional[dict] = None,
+        validate_format: Optional[str] = None,
+        redact: Optional[list[str]] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         props = {
@@ -163,5 +186,10 @@ class InstanceFile(pulumi.dynamic.Resource, module="incus", name="InstanceFile")
             "drain": drain,
             "contentHash": None,
         }
+        # Only when set, so existing resources see no new input (and no diff).
+        props |= {k: v for k, v in {
+            "validateFormat": validate_format,
+            "redact": pulumi.Output.secret(redact) if redact else None,
+        }.items() if v is not None}
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["credentials"]))
         super().__init__(InstanceFileProvider(), resource_name, props, opts)

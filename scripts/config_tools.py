@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys
@@ -20,7 +19,8 @@ import spec  # noqa: E402
 SCHEMA_PATH = os.path.join(ROOT, "docs", "config.schema.json")
 DOC_PATH = os.path.join(ROOT, "docs", "config.md")
 #: Fields that hold secrets: in a stack file they are `{secure: ...}` (pulumi config set --secret --path).
-SECRET_FIELDS = {"authPass": "secret00", "secret": "c2VjcmV0c2VjcmV0", "clientKey": "placeholder"}
+SECRET_FIELDS = {"authPass": "secret00", "secret": "c2VjcmV0c2VjcmV0", "clientKey": "placeholder",
+                 "kubeconfig": "placeholder"}
 
 
 def _allow_secure(node):
@@ -162,19 +162,113 @@ def _placeholders(node, key=None):
     return node
 
 
-def cmd_validate(stack: str) -> int:
+class StackFileError(Exception):
+    """A stack file that cannot be read as a Pulumi stack file; the message says where."""
+
+
+def _bounded_loader():
+    """PyYAML's safe loader with bounds: nesting depth while composing, and the size of the document with every
+    alias expanded (a few lines of nested aliases expand to billions of values: the "billion laughs")."""
     import yaml
 
+    class BoundedLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            self.depth += 1
+            try:
+                if self.depth > spec.MAX_DEPTH + 2:  # + the document and `config:` levels
+                    mark = self.peek_event().start_mark
+                    raise StackFileError(f"line {mark.line + 1}: nested deeper than {spec.MAX_DEPTH} levels")
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def get_single_node(self):
+            node = super().get_single_node()
+            if node is not None:
+                _check_expanded_size(node)
+            return node
+
+    return BoundedLoader
+
+
+def _check_expanded_size(root) -> None:
+    import yaml
+
+    sizes: dict[int, int] = {}
+
+    def size(node) -> int:
+        # Aliases make the node graph a DAG: memoised by node, so this costs one visit per distinct node.
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            total = 1
+        if total > spec.MAX_NODES:
+            raise StackFileError(f"line {node.start_mark.line + 1}: more than {spec.MAX_NODES} values once YAML aliases "
+                                 "are expanded; no stack needs that many")
+        sizes[key] = total
+        return total
+
+    size(root)
+
+
+def load_stack_file(path: str) -> dict:
+    """The `cplb` namespace of a stack file, as preview would see it (secrets replaced by placeholders)."""
+    import yaml
+
+    rel = os.path.relpath(path, ROOT)
+    try:
+        with open(path, "rb") as f:
+            doc = yaml.load(f, Loader=_bounded_loader())  # noqa: S506 - a SafeLoader subclass
+    except StackFileError as exc:
+        raise StackFileError(f"{rel}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise StackFileError(f"{rel}: {where}not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__})"
+                             ) from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise StackFileError(f"{rel}: cannot be read ({type(exc).__name__})") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise StackFileError(f"{rel}: a stack file is a map with a `config:` key, not a {_kind(doc)}")
+    config = doc.get("config")
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise StackFileError(f"{rel}: `config:` must be a map of `namespace:key` to values, not a {_kind(config)}")
+    values = {}
+    for key, value in config.items():
+        if not isinstance(key, str):
+            raise StackFileError(f"{rel}: config key {spec.show(key)} is not a string (write `{spec.NAMESPACE}:<key>`)")
+        if key.startswith(f"{spec.NAMESPACE}:"):
+            values[key.split(":", 1)[1]] = _placeholders(value)
+    return values
+
+
+def _kind(value) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value),
+                                                                                           type(value).__name__)
+
+
+def cmd_validate(stack: str) -> int:
     path = os.path.join(ROOT, "stacks", f"Pulumi.{stack}.yaml")
     if not os.path.exists(path):
         print(f"no stack config {os.path.relpath(path, ROOT)}", file=sys.stderr)
         return 2
-    with open(path) as f:
-        doc = yaml.safe_load(f) or {}
-    values = {k.split(":", 1)[1]: _placeholders(copy.deepcopy(v)) for k, v in (doc.get("config") or {}).items()
-              if k.startswith(f"{spec.NAMESPACE}:")}
     try:
-        parsed = spec.parse(values)
+        values = load_stack_file(path)
+        parsed = spec.parse(values, stack)
+    except StackFileError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     except spec.SpecError as exc:
         print(f"{os.path.relpath(path, ROOT)}: {exc}", file=sys.stderr)
         return 1
