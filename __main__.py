@@ -5,6 +5,7 @@ import pulumi
 import spec
 from components import strategies
 from components.common import StackContext
+from components.control_plane import ControlPlane, ControlPlaneArgs
 from components.instance_group import InstanceGroup, InstanceGroupArgs
 from components.targets import resolve
 from facts import Facts
@@ -25,12 +26,22 @@ groups = {
                                                                    g.instance.image)))
     for i, g in enumerate(stack_spec.instance_groups)
 }
+# Real control planes: CA and instances now; certificates and services once their balancers exist (below).
+control_planes = {
+    c.cluster: ControlPlane(c.name, ControlPlaneArgs(
+        ctx=ctx, spec=c, field=f"cplb:controlPlanes[{i}]",
+        image_fingerprint=facts.image_fingerprint(f"cplb:controlPlanes[{i}].instance.image", c.instance.image)))
+    for i, c in enumerate(stack_spec.control_planes)
+}
 # Instances this stack creates, with their declared labels, so selectors see them in the same `up`.
 stack_instances = {
     inst_name: (g.labels, resource)
     for g in stack_spec.instance_groups
     for inst_name, resource in zip(groups[g.name].names, groups[g.name].instances)
 }
+for c in stack_spec.control_planes:
+    cp = control_planes[c.cluster]
+    stack_instances.update({n: (c.labels, r) for n, r in zip(cp.names, cp.instances)})
 
 balancers = {}
 for i, lb in enumerate(stack_spec.load_balancers):
@@ -40,10 +51,29 @@ for i, lb in enumerate(stack_spec.load_balancers):
     except (ValueError, IncusError) as exc:
         raise pulumi.RunError(str(exc)) from None
     try:
-        balancers[lb.name] = strategies.build(lb.name, ctx, lb, field, facts, backends, stack_instances)
+        cp = control_planes.get(lb.cluster)
+        balancers[lb.name] = strategies.build(lb.name, ctx, lb, field, facts, backends, stack_instances,
+                                              cluster_ca=cp.ca_cert if cp else None,
+                                              ready_after=cp.ready if cp else None)
     except (ValueError, IncusError) as exc:
         raise pulumi.RunError(str(exc)) from None
 
+# Each control plane's serving certificate names every endpoint of its cluster's balancers; its kubeconfig names
+# the first control-plane balancer's endpoint (the VIP where there is one).
+for c in stack_spec.control_planes:
+    serving = [lb for lb in stack_spec.load_balancers if lb.cluster == c.cluster]
+    front = next((lb for lb in serving if lb.role == "control-plane"), None)
+    hosts = [getattr(balancers[lb.name], "endpoint_hosts", None) or balancers[lb.name].endpoint.apply(lambda e: [e])
+             for lb in serving]
+    control_planes[c.cluster].configure(
+        pulumi.Output.all(*hosts).apply(lambda v: [h for hs in v for h in hs]),
+        balancers[front.name].endpoint if front else control_planes[c.cluster].addresses.apply(
+            lambda a: f"{a[0]}:6443"))
+
+pulumi.export("clusters", {
+    cluster: {"controlPlane": cp.names, "addresses": cp.addresses, "kubeconfig": cp.kubeconfig}
+    for cluster, cp in control_planes.items()
+})
 pulumi.export("instanceGroups", {
     name: {"instances": group.names, "addresses": group.addresses} for name, group in groups.items()
 })

@@ -29,7 +29,7 @@ from pydantic import (
 
 NAMESPACE = "cplb"
 #: Top-level config keys of the namespace, each a field of StackSpec (by alias).
-TOP_LEVEL_KEYS = ("incus", "instanceGroups", "loadBalancers")
+TOP_LEVEL_KEYS = ("incus", "instanceGroups", "controlPlanes", "loadBalancers")
 #: Strategies the schema knows, and the ones this version can build.
 STRATEGIES = ("lxc", "oci", "ovn", "keepalived", "dns", "external")
 IMPLEMENTED_STRATEGIES = ("lxc", "oci", "ovn", "external", "keepalived", "dns")
@@ -87,7 +87,10 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 def show(value: Any, limit: int = 60) -> str:
     """A value as an error message shows it: escaped (no control character reaches a terminal or a PR comment)
     and cut when long."""
-    text = value if isinstance(value, str) else repr(value)
+    if not isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+    text = value
     if len(text) > limit:
         return json.dumps(text[:limit], ensure_ascii=True)[:-1] + f'..." ({len(text)} characters)'
     return json.dumps(text, ensure_ascii=True)
@@ -215,6 +218,45 @@ class InstanceGroupSpec(Model):
     )
 
 
+class ControlPlaneSpec(Model):
+    """A real Kubernetes control plane the stack owns, standing in for what Cluster API, kubeadm or k0s would
+    create: `count` instances, each with a stacked etcd member and kube-apiserver, and a PKI made by the program.
+    Instances are `<stack>-<name>-<n>` and carry `user.cluster-name=<cluster>` and
+    `user.cluster-role=control-plane`, so control-plane balancers of the cluster select them."""
+
+    name: DnsLabel = Field(description="Name; instances are `<stack>-<name>-<n>`.")
+    cluster: DnsLabel = Field(description="The cluster; its balancers' addresses go into the serving certificate.")
+    count: int = Field(3, ge=1, le=7, description="Members (etcd quorum: 3 tolerates one lost member).")
+    instance: InstanceSpec = Field(
+        default_factory=lambda: InstanceSpec(image="cplb/control-plane", limits=Limits(memory="768MiB")),
+        description="How each instance is made.")
+    shutdown_delay_seconds: int = Field(
+        5, alias="shutdownDelaySeconds", ge=0, le=60,
+        description="kube-apiserver --shutdown-delay-duration: after SIGTERM, /readyz fails for this long while "
+        "the server still serves, so balancers take it out before the listener closes.")
+    service_cidr: str = Field("198.19.0.0/24", alias="serviceCIDR", pattern=r"^[0-9.]+/[0-9]{1,2}$",
+                              description="Service cluster IP range (allocations only; no traffic goes there).")
+
+    @field_validator("service_cidr")
+    @classmethod
+    def _network(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError(f"{show(value)} is not an IPv4 network (host bits must be zero)") from None
+        if not 12 <= net.prefixlen <= 28:
+            raise ValueError("serviceCIDR needs a prefix length of 12-28")
+        return str(net)
+
+    @property
+    def service_ip(self) -> str:
+        return str(ipaddress.IPv4Network(self.service_cidr)[1])
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"user.cluster-name": self.cluster, "user.cluster-role": "control-plane"}
+
+
 # --- load balancers ------------------------------------------------------------------------------------
 
 Protocol = Literal["TCP", "UDP", "SCTP"]
@@ -309,13 +351,27 @@ class TargetsSpec(Model):
 
 
 class HealthCheckSpec(Model):
-    mode: Literal["tcp", "https-healthz", "http-healthz"] = Field(
-        "tcp", description="`tcp` connect, or `GET /healthz` over TLS (`https-healthz`) or plain HTTP."
+    mode: Literal["tcp", "https", "http", "https-healthz", "http-healthz"] = Field(
+        "tcp", description="`tcp` connect; `https`: `GET <path>` over TLS, verified against the cluster CA where the "
+        "stack has the cluster's control plane (a real kube-apiserver answers `/readyz` false before it shuts "
+        "down, while its port still accepts); `http`: the same in plain HTTP. `https-healthz`/`http-healthz` are "
+        "`https`/`http` with path `/healthz`."
     )
+    path: str = Field("/readyz", max_length=128, pattern=r"^/[A-Za-z0-9._~/?=&-]*$",
+                      description="Path of the `https`/`http` check (default `/readyz`, the API server's readiness).")
     interval_seconds: int = Field(2, alias="intervalSeconds", ge=1, le=3600)
     timeout_seconds: int = Field(2, alias="timeoutSeconds", ge=1, le=3600)
     rise: int = Field(2, ge=1, le=100, description="Consecutive successes before a backend is up.")
     fall: int = Field(3, ge=1, le=100, description="Consecutive failures before a backend is down.")
+
+    @property
+    def scheme(self) -> Optional[str]:
+        """`https`, `http` or None (tcp)."""
+        return {"https": "https", "https-healthz": "https", "http": "http", "http-healthz": "http"}.get(self.mode)
+
+    @property
+    def http_path(self) -> str:
+        return "/healthz" if self.mode.endswith("-healthz") else self.path
 
 
 class StatsSpec(Model):
@@ -865,6 +921,7 @@ class LoadBalancerSpec(Model):
 class StackSpec(Model):
     incus: IncusSpec = Field(default_factory=IncusSpec)
     instance_groups: list[InstanceGroupSpec] = Field(default_factory=list, alias="instanceGroups")
+    control_planes: list[ControlPlaneSpec] = Field(default_factory=list, alias="controlPlanes")
     load_balancers: list[LoadBalancerSpec] = Field(default_factory=list, alias="loadBalancers")
 
     def incus_names(self) -> list[tuple[str, str]]:
@@ -872,6 +929,8 @@ class StackSpec(Model):
         so that two objects that would get one name are refused before anything is created."""
         out = [(f"{g.name}-{n}", f"instanceGroups[{i}]") for i, g in enumerate(self.instance_groups)
                for n in range(1, g.count + 1)]
+        out += [(f"{c.name}-{n}", f"controlPlanes[{i}]") for i, c in enumerate(self.control_planes)
+                for n in range(1, c.count + 1)]
         for i, lb in enumerate(self.load_balancers):
             out += [(name, f"loadBalancers[{i}]") for name, _ in lb.incus_names()]
         return out
@@ -887,14 +946,20 @@ class StackSpec(Model):
 
     @model_validator(mode="after")
     def _unique_names(self):
-        for attr, key in (("instance_groups", "instanceGroups"), ("load_balancers", "loadBalancers")):
+        for attr, key in (("instance_groups", "instanceGroups"), ("control_planes", "controlPlanes"),
+                          ("load_balancers", "loadBalancers")):
             names = [x.name for x in getattr(self, attr)]
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{key}: names must be unique, repeated: {', '.join(dupes)}")
-        clash = {g.name for g in self.instance_groups} & {lb.name for lb in self.load_balancers}
+        groups = {g.name for g in self.instance_groups} | {c.name for c in self.control_planes}
+        clash = groups & {lb.name for lb in self.load_balancers}
         if clash:
-            raise ValueError(f"names used by both an instance group and a load balancer: {', '.join(sorted(clash))}")
+            raise ValueError(f"names used by both an instance group or control plane and a load balancer: "
+                             f"{', '.join(sorted(clash))}")
+        clusters = [c.cluster for c in self.control_planes]
+        if len(clusters) != len(set(clusters)):
+            raise ValueError("controlPlanes: one control plane per cluster")
         owners: dict[str, str] = {}
         for name, key in self.incus_names():
             if name in owners:

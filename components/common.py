@@ -80,3 +80,5 @@ class LoadBalancerArgs:
     facts: "Facts"
     backends: list[Any]  # components.targets.Backend
     stack_instances: dict = dataclasses.field(default_factory=dict)  # instances this stack creates
+    cluster_ca: Any = None  # PEM of the cluster's CA when the stack has its control plane (verifies checks)
+    ready_after: Any = None  # conditions are read once this resolves (the cluster's control plane answering)

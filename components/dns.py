@@ -158,7 +158,8 @@ class DnsLoadBalancer(pulumi.ComponentResource):
             addresses=healthy_addresses, tsig=tsig, owner_stack=ctx.stack, owner_id=f"lb/{lb.name}", opts=child,
         )
         api_port = next((r.port for r in dns.roles if r.is_api_server), dns.roles[0].port)
-        self.endpoint = pulumi.Output.from_input(f"{dns.fqdn.rstrip('.')}:{api_port}")
+        self_endpoint = f"{dns.fqdn.rstrip('.')}:{api_port}"
+        self.endpoint = pulumi.Output.from_input(self_endpoint)
         ports = {r.name: r.target_port for r in dns.roles}
         tcp_targets = [(b, ports[rn]) for rn, b in flat
                        if next(r.protocol for r in dns.roles if r.name == rn) == "tcp"]
@@ -184,7 +185,8 @@ class DnsLoadBalancer(pulumi.ComponentResource):
         self.status = at_up(pulumi.Output.all(
             pulumi.Output.all(*[n.status for n in self.nodes]), self.records.published,
             pulumi.Output.all(*[pulumi.Output.all(b.address, p) for b, p in tcp_targets])), conditions,
-            kinds=("Exists", "Ready", "BackendsHealthy", "DNSResolvable"))
+            kinds=("Exists", "Ready", "BackendsHealthy", "DNSResolvable"), after=args.ready_after)
+        self.endpoint_hosts = node_addresses.apply(lambda addrs: [self_endpoint, *addrs])
         self.outputs = pulumi.Output.all(node_addresses, healthy_addresses, self.records.published,
                                          self.status).apply(
             lambda v: {

@@ -47,7 +47,7 @@ class ExternalLoadBalancer(pulumi.ComponentResource):
         self.endpoint = pulumi.Output.from_input(ext.endpoint)
         pushed = pulumi.Output.all(*[f.content_hash for f in self.files])
         # The endpoint is the user's: incus-cplb never sends traffic to addresses it did not create.
-        self.status = at_up(pushed, lambda _: [
+        self.status = at_up(pushed, after=args.ready_after, compute=lambda _: [
             condition("Exists", True, "External", "nothing to provision" + (
                 f"; kube-vip manifest on {len(self.files)} instances" if kv else "")),
             condition("Ready", None, "NotProbed", f"{ext.endpoint} is not probed (not an address this stack made)"),

@@ -15,7 +15,7 @@ import pulumi
 
 from components.lxc import HAPROXY_CFG, HAPROXY_RELOAD, HAPROXY_VALIDATE, KEEPALIVED_CONF, KEEPALIVED_RELOAD
 from components.common import LoadBalancerArgs
-from components.lxc import KEEPALIVED_VALIDATE, MONITOR_PORT, RenderedBackend, haproxy_drain, render_haproxy
+from components.lxc import CLUSTER_CA, KEEPALIVED_VALIDATE, MONITOR_PORT, RenderedBackend, haproxy_drain, render_haproxy
 from components.render import Quoted, render
 import health
 from components.status import at_up, backends_condition, condition, ready_condition
@@ -23,11 +23,20 @@ from components.targets import port_pairs, routing
 from facts import tcp_probe
 from providers.instance_file import InstanceFile
 
+# The node's own API server, at the node's address (a real kube-apiserver binds it only, so that haproxy can bind
+# VIP:port beside it). busybox wget does TLS without verifying: the check asks whether this node's server is ready,
+# the balancer's haproxy verifies against the cluster CA.
 CHECKS = {
-    "tcp": "/bin/nc -w 1 127.0.0.1 {port}",
-    "http-healthz": "/bin/wget -q -T 1 -O /dev/null http://127.0.0.1:{port}/healthz",
-    "https-healthz": "/bin/wget -q -T 1 --no-check-certificate -O /dev/null https://127.0.0.1:{port}/healthz",
+    "tcp": "/bin/nc -w 1 {host} {port}",
+    "http": "/bin/wget -q -T 1 -O /dev/null http://{host}:{port}{path}",
+    "https": "/bin/wget -q -T 1 --no-check-certificate -O /dev/null https://{host}:{port}{path}",
 }
+
+
+def check_command(lb, host: str) -> str:
+    hc = lb.health_check
+    return CHECKS[hc.scheme or "tcp"].format(host=host or "127.0.0.1", port=lb.ports[0].backend_port,
+                                             path=hc.http_path)
 
 
 def vrrp_view(lb, _unused: Optional[dict] = None) -> list[dict]:
@@ -54,7 +63,7 @@ def render_node_conf(stack: str, lb, node: str, index: int, addresses: list[str]
     port = lb.ports[0]
     return render(
         "keepalived-node.conf.j2", stack=stack, lb_name=lb.name, node=node,
-        check_script=Quoted(check or CHECKS[lb.health_check.mode].format(port=port.backend_port)),
+        check_script=Quoted(check or check_command(lb, addresses[index] if index < len(addresses) else "")),
         priority=200 - 10 * min(index, 9), vrrp_instances=vrrp_view(lb, {}),
         virtual_servers=[vs.view(port.port) for vs in lb.keepalived.virtual_servers] if mode == "ipvs" else [],
         real_servers=[a for a in addresses if a],
@@ -83,6 +92,7 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
 
         addresses = pulumi.Output.all(*[n.address for n in nodes])
         self.files: list[InstanceFile] = []
+        verify = lb.health_check.scheme == "https" and args.cluster_ca is not None
         for i, node in enumerate(nodes):
             content = addresses.apply(lambda addrs, i=i, node=node: render_node_conf(
                 ctx.stack, lb, node.name, i, list(addrs), mode))
@@ -97,8 +107,15 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=deps),
             ))
             if mode == "userspace":
+                if verify:
+                    deps = deps + [InstanceFile(
+                        f"{name}-cluster-ca-{node.name}", instance=node.name, instance_uuid=node.uuid, path=CLUSTER_CA,
+                        content=args.cluster_ca, connection=ctx.connection, credentials=ctx.credentials,
+                        opts=pulumi.ResourceOptions(parent=self, depends_on=deps))]
+                    self.files.append(deps[-1])
                 haproxy_cfg = addresses.apply(lambda addrs: render_haproxy(
-                    ctx.stack, lb, [RenderedBackend(n, a) for n, a in zip(names, addrs) if a], ipv4_binds=vips))
+                    ctx.stack, lb, [RenderedBackend(n, a) for n, a in zip(names, addrs) if a], ipv4_binds=vips,
+                    ca_file=CLUSTER_CA if verify else ""))
                 self.files.append(InstanceFile(
                     f"{name}-haproxy-{node.name}",
                     instance=node.name, instance_uuid=node.uuid, path=HAPROXY_CFG, content=haproxy_cfg,
@@ -121,7 +138,8 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
                 backends_condition(alive, len(addrs), "TCP probes of the nodes' API servers"),
             ]
 
-        self.status = at_up(pulumi.Output.all(addresses, done), conditions)
+        self.status = at_up(pulumi.Output.all(addresses, done), conditions, after=args.ready_after)
+        self.endpoint_hosts = pulumi.Output.from_input([f"{vip}:{port.port}" for vip in vips])
         self.outputs = pulumi.Output.all(addresses, done, self.status).apply(lambda v: {
             "type": "keepalived",
             "endpoint": f"{vips[0]}:{port.port}",

@@ -56,10 +56,14 @@ def haproxy_families(families, ipv4_binds=("0.0.0.0",)) -> list[dict]:
     return out
 
 
+CLUSTER_CA = "/etc/haproxy/cluster-ca.crt"
+
+
 def render_haproxy(stack: str, lb: LoadBalancerSpec, backends: list[RenderedBackend],
-                   ipv4_binds=("0.0.0.0",)) -> str:
+                   ipv4_binds=("0.0.0.0",), ca_file: str = "") -> str:
+    """`ca_file`: where the cluster CA is in the instance; `https` checks verify the API servers against it."""
     return render(
-        "haproxy.cfg.j2",
+        "haproxy.cfg.j2", ca_file=ca_file,
         stack=stack, lb=lb, hc=lb.health_check, ports=lb.ports, backends=backends,
         # Bind on every address: the VIP comes and goes with VRRP, and the instance's own address works too.
         families=haproxy_families(lb.ip_families, ipv4_binds),
@@ -140,15 +144,21 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
 
         backends = args.backends
         resolved = rendered_backends(backends)
-        haproxy_cfg = resolved.apply(lambda bs: render_haproxy(ctx.stack, lb, bs))
+        verify = lb.health_check.scheme == "https" and args.cluster_ca is not None
+        haproxy_cfg = resolved.apply(lambda bs: render_haproxy(ctx.stack, lb, bs, ca_file=CLUSTER_CA if verify else ""))
         self.files: list[InstanceFile] = []
         for n, inst in enumerate(self.instances, start=1):
+            ca_files = [InstanceFile(
+                f"{name}-cluster-ca-{n}", instance=inst.name, instance_uuid=inst.uuid, path=CLUSTER_CA,
+                content=args.cluster_ca, connection=ctx.connection, credentials=ctx.credentials, opts=child,
+            )] if verify else []
+            self.files += ca_files
             self.files.append(InstanceFile(
                 f"{name}-haproxy-cfg-{n}",
                 instance=inst.name, instance_uuid=inst.uuid, path=self.CONFIG_PATH, content=haproxy_cfg,
                 connection=ctx.connection, credentials=ctx.credentials,
                 validate_command=HAPROXY_VALIDATE, reload_command=self.RELOAD, drain=haproxy_drain(lb),
-                opts=child,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=ca_files),
             ))
             if ha:
                 conf = render_vrrp_pair(ctx.stack, lb, names[n - 1], 200 - 10 * n, prefix_len)
@@ -193,7 +203,9 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
                                    f"haproxy runtime API of {names[0]}"),
             ]
 
-        self.status = at_up(pulumi.Output.all(self.endpoints, statuses, resolved, files_done), conditions)
+        self.status = at_up(pulumi.Output.all(self.endpoints, statuses, resolved, files_done), conditions,
+                            after=args.ready_after)
+        self.endpoint_hosts = pulumi.Output.all(self.endpoints, addresses).apply(lambda v: [*v[0], *v[1]])
         self.outputs = pulumi.Output.all(self.endpoints, addresses, resolved, files_done, self.status).apply(
             lambda v: {
                 "type": lb.type,

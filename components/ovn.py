@@ -75,7 +75,7 @@ class OvnLoadBalancer(pulumi.ComponentResource):
                 backends_condition(online, len(rows), "OVN state endpoint"),
             ]
 
-        self.status = at_up(pulumi.Output.all(backends, self.balancer.health), conditions)
+        self.status = at_up(pulumi.Output.all(backends, self.balancer.health), conditions, after=args.ready_after)
         self.outputs = pulumi.Output.all(backends, self.balancer.health, self.status).apply(lambda v: {
             "type": "ovn",
             "endpoint": f"{host}:{lb.ports[0].port}",

@@ -38,9 +38,13 @@ def ready_condition(endpoints: list[str], answers) -> dict:
     return condition("Ready", True, "Answering", f"{', '.join(endpoints)} accepted a connection")
 
 
-def at_up(inputs: pulumi.Input, compute, kinds: tuple[str, ...] = ("Exists", "Ready", "BackendsHealthy")):
-    """`compute(values)` -> conditions, run at `up` once `inputs` resolve; Unknown conditions in a preview."""
+def at_up(inputs: pulumi.Input, compute, kinds: tuple[str, ...] = ("Exists", "Ready", "BackendsHealthy"),
+          after: pulumi.Input = None):
+    """`compute(values)` -> conditions, run at `up` once `inputs` resolve (and `after`: for example the cluster's
+    control plane answering); Unknown conditions in a preview."""
     if pulumi.runtime.is_dry_run():
         return pulumi.Output.from_input(
             {"conditions": [condition(k, None, "Preview", "read at `pulumi up`") for k in kinds]})
+    if after is not None:
+        inputs = pulumi.Output.all(inputs, after).apply(lambda v: v[0])
     return pulumi.Output.from_input(inputs).apply(lambda v: {"conditions": compute(v)})

@@ -30,6 +30,8 @@ def check_all(ctx: StackContext, stack: StackSpec, facts: Facts) -> None:
     for i, g in enumerate(stack.instance_groups):
         ctx.object_name(g.name, str(max(g.count, 1)))
         facts.image_fingerprint(f"cplb:instanceGroups[{i}].instance.image", g.instance.image)
+    for i, c in enumerate(stack.control_planes):
+        facts.image_fingerprint(f"cplb:controlPlanes[{i}].instance.image", c.instance.image)
     for i, lb in enumerate(stack.load_balancers):
         field = f"cplb:loadBalancers[{i}]"
         if lb.type in ("lxc", "oci"):
@@ -54,7 +56,8 @@ def check_all(ctx: StackContext, stack: StackSpec, facts: Facts) -> None:
 
 
 def build(name: str, ctx: StackContext, lb: LoadBalancerSpec, field: str, facts: Facts, backends,
-          stack_instances: dict):
+          stack_instances: dict, cluster_ca=None, ready_after=None):
     component = COMPONENTS[lb.type]
     return component(name, LoadBalancerArgs(ctx=ctx, spec=lb, field=field, facts=facts, backends=backends,
-                                            stack_instances=stack_instances))
+                                            stack_instances=stack_instances, cluster_ca=cluster_ca,
+                                            ready_after=ready_after))

@@ -105,6 +105,33 @@ def _type_of(prop: dict) -> tuple[str, list]:
     return kind + (f" ({', '.join(extra)})" if extra else ""), []
 
 
+STRING_RULES = """## What string fields accept
+
+Every value that can reach a rendered file (haproxy.cfg, keepalived.conf, nginx.conf, the kube-vip manifest) is
+checked here, at `make validate` and `pulumi preview`, and again at the template boundary, where each printed value
+must be one word of that file's grammar (components/render.py). A value that does not fit is refused, never
+stripped. Errors name the key path; a value is shown escaped and cut to 60 characters, and a secret is never shown.
+
+| kind of field | accepted |
+| --- | --- |
+| names (`name`, `cluster`, `ports[].name`, `targets.addresses[].name`, instance groups) | `[a-z]([a-z0-9-]*[a-z0-9])?`, at most 40 characters; every Incus name the stack creates (`<stack>-<name>-<role>-<n>`) is computed at validation and must be unique and at most 63 characters |
+| addresses (`targets.addresses[].address`, `lxc.vip`, `ovn.listenAddress`, `unicastPeers[]`, `unicastSourceIP`, `virtualServers[].ipAddress`, `kubeVip.vip`) | an IPv4 or IPv6 address, written back in its normal form; no IPv6 scope (`%zone`), no IPv4-mapped form (`::ffff:a.b.c.d`), not unspecified (`0.0.0.0`, `::`) nor multicast; its family must be one of the balancer's `ipFamilies`; `lxc.vip` is IPv4 |
+| CIDRs (`virtualIPs[]`) | an address as above, `/`, a prefix length within the family's; one family per VRRP instance, and its peers of the same family |
+| `authPass` (secret) | 1-8 of `A-Z a-z 0-9 % ^ & * ( ) _ + = : , . < > ? / -`: characters keepalived reads literally (`!` and `#` start a comment anywhere in a word; quotes, braces, `$`, `~`, `@`, `\\` and spaces are syntax) |
+| `advertIntervalSeconds` | 0.01-255 with at most two decimals (keepalived's range), printed without exponent |
+| `delayLoop` | `<n>`, `<n>s` or `<n>m`, at least 1 s |
+| ports (`port`, `endPort`, `targetPort`, `stats.port`, `dns.server`'s port) | 1-65535; a balanced port or range may not include `stats.port` nor, for haproxy-based strategies (`lxc`, `oci`, `keepalived` userspace), haproxy's own 8405 (monitor) and 9999 (runtime API) |
+| DNS names (`dns.zone`, `dns.hostname`, `tsig.name`, an `external.endpoint` host) | labels of letters, digits and `-`, 1-63 each, 255 bytes in all (dnspython); `hostname` must be inside `zone`, compared label by label |
+| `dns.server` | `a.b.c.d:port` or `[ipv6]:port` |
+| `tsig.secret` (secret) | base64 that decodes to a non-empty key |
+| image references (`oci.image`, `kubeVip.image`) | `[registry[:port]/]path[:tag][@sha256:digest]` in the distribution grammar (lower-case path, no trailing `:`) |
+| labels | keys `user.[A-Za-z0-9][A-Za-z0-9._/-]*`; values `[A-Za-z0-9._:/@+-]*`, at most 128 characters |
+
+The stack file itself: a map with a `config:` map whose keys are strings; at most 32 levels deep, at most
+100,000 values once YAML aliases are expanded, strings of at most 65,536 characters.
+""".splitlines()
+
+
 def config_markdown(schema: dict) -> str:
     defs = schema["$defs"]
     out = ["# Stack config reference", "",
@@ -127,6 +154,7 @@ def config_markdown(schema: dict) -> str:
     out += ["", "Rules for every strategy (Ironcore's): `endPort >= port`; ranges of one protocol may not overlap;",
             "a range forwards each port to the same port, so it takes no `targetPort`. Selector operators: `In`,",
             "`NotIn` (at least one value), `Exists`, `DoesNotExist` (no values).", ""]
+    out += STRING_RULES
     seen: set = set()
     for ref in refs:
         _md_rows(ref, defs[ref], defs, out, seen)

@@ -4,6 +4,10 @@ ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 TOOLS="$ROOT/.tools"
 VENV="$ROOT/.venv"
 PULUMI_VERSION=3.259.0
+# The real control plane, built from Go modules by scripts/setup (wrapper modules in scripts/kube-build and
+# scripts/etcd-build pin these versions in their go.mod; a change there rebuilds).
+KUBE_VERSION=1.37.2
+ETCD_VERSION=3.7.3
 # Project-wide Incus objects that setup creates (tests and stacks refer to them by these names).
 CPLB_POOL=${CPLB_POOL:-cplb}
 CPLB_BRIDGE=${CPLB_BRIDGE:-cplbbr0}

@@ -87,3 +87,37 @@ def test_workflow_is_yaml_and_runs_only_repository_commands():
     assert {"scripts/setup", "scripts/preview-summary", "scripts/config_tools.py"} <= scripts
     for s in scripts:
         assert os.path.exists(os.path.join(ROOT, s)), s
+
+
+BOMB = "\n".join(["config:", "  cplb:loadBalancers:", "    - &a0 [x, x, x, x, x, x, x, x, x, x]"]
+                 + [f"    - &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, "
+                    f"*a{i-1}]" for i in range(1, 9)]) + "\n"
+WRONG_SHAPES = [
+    # (stack file text, words of the message)
+    ("- config\n- cplb:loadBalancers\n", "a stack file is a map with a `config:` key, not a list"),
+    ("config:\n  - cplb:loadBalancers\n", "`config:` must be a map"),
+    ("config:\n  7: x\n", "config key 7 is not a string"),
+    ("config:\n  cplb:loadBalancers: " + "[" * 200 + "]" * 200 + "\n", "nested deeper than 32 levels"),
+    (BOMB, "more than 100000 values once YAML aliases are expanded"),
+    ("config:\n  cplb:loadBalancers: [\n", "not valid YAML"),
+    ("config:\n  cplb:loadBalancers:\n    - {1: 2}\n", "key 1 is not a string"),
+    ("config:\n  cplb:: [1]\n", "unknown key"),
+    ("config:\n  cplb:loadBalancers:\n    - name: api\n      cluster: demo\n      type: lxc\n"
+     "      lxc: {replicas: 2, vip: 198.18.10.5, authPass: 'ab!cdefg'}\n", "cplb:loadBalancers[0].lxc.authPass"),
+]
+
+
+@pytest.mark.parametrize("text,words", WRONG_SHAPES, ids=[w[:30] for _, w in WRONG_SHAPES])
+def test_validate_refuses_a_stack_file_of_the_wrong_shape_without_a_traceback(text, words):
+    path = os.path.join(ROOT, "stacks", "Pulumi.shape-test.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    try:
+        # The bound is a hang guard, not a timing assertion: an unbounded alias bomb takes minutes and gigabytes.
+        r = subprocess.run([sys.executable, TOOLS, "validate", "shape-test"], capture_output=True, text=True,
+                           cwd=ROOT, timeout=120)
+    finally:
+        os.remove(path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert words in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "ab!cdefg" not in r.stdout + r.stderr

@@ -144,6 +144,56 @@ INVALID = [
      "cplb:loadBalancers[0].targets.selector.matchExpressions[0]", "takes no values"),
     ({"loadBalancers": [lb(ports=[{"name": "s", "protocol": "SCTP", "port": 36412}])]},
      "cplb:loadBalancers[0]", "ports[0].protocol: the lxc strategy balances TCP only, not SCTP"),
+    # Hostile input (issue 14): one case per class. Injection through an IPv6 zone id:
+    ({"loadBalancers": [lb(targets={"addresses": [{"name": "a", "address": "fe80::1%eth0\nserver x 198.18.10.9:1"}]},
+                           ipFamilies=["IPv4", "IPv6"])]},
+     "cplb:loadBalancers[0].targets.addresses[0].address", "IPv6 scope"),
+    ({"loadBalancers": [lb(lxc={"replicas": 2, "vip": "fe80::1%x"})]}, "cplb:loadBalancers[0].lxc.vip", "IPv6 scope"),
+    ({"loadBalancers": [ka(unicastSourceIP="198.18.10.101", unicastPeers=["fd00::1%eth0\n}"])]},
+     "cplb:loadBalancers[0].keepalived.vrrpInstances[0].unicastPeers[0]", "IPv6 scope"),
+    # Silent changes of meaning: a comment character in a VRRP password, addresses of a family nobody serves,
+    # a name outside the zone by text only, a stats port inside a range, haproxy's own ports.
+    ({"loadBalancers": [lb(lxc={"replicas": 2, "vip": "198.18.10.5", "authPass": "ab!cdefg"})]},
+     "cplb:loadBalancers[0].lxc.authPass", "pattern"),
+    ({"loadBalancers": [lb(targets={"addresses": [{"name": "a", "address": "::ffff:198.18.10.7"}]})]},
+     "cplb:loadBalancers[0].targets.addresses[0].address", "IPv4-mapped"),
+    ({"loadBalancers": [lb(targets={"addresses": [{"name": "a", "address": "fd00::7"}]})]},
+     "cplb:loadBalancers[0]", "targets.addresses[0].address fd00::7 is IPv6 but ipFamilies is [IPv4]"),
+    ({"loadBalancers": [ka(unicastSourceIP="198.18.10.101", unicastPeers=["fd00::2"])]},
+     "cplb:loadBalancers[0].keepalived.vrrpInstances[0]", "unicastPeers[0] fd00::2 is not IPv4"),
+    ({"loadBalancers": [ka(servers=[{"ipAddress": "198.18.10.51"}])]}, "cplb:loadBalancers[0].keepalived",
+     "virtualServers[0].ipAddress 198.18.10.51 is none of"),
+    ({"loadBalancers": [lb(lxc={"replicas": 2, "vip": "fd00::5"})]}, "cplb:loadBalancers[0]", "lxc.vip must be an IPv4"),
+    ({"loadBalancers": [dns(hostname="api.othercplb.test.")]}, "cplb:loadBalancers[0].dns", "outside the zone"),
+    ({"loadBalancers": [lb(ports=[{"name": "np", "port": 8000, "endPort": 8500}], stats={"enabled": True, "port": 8404})]},
+     "cplb:loadBalancers[0]", "ports[0] (8000-8500) includes port 8404"),
+    ({"loadBalancers": [lb(ports=[{"name": "m", "port": 8405}])]}, "cplb:loadBalancers[0]", "haproxy's monitor"),
+    ({"loadBalancers": [lb(ports=[{"name": "r", "port": 9990, "endPort": 10000}])]}, "cplb:loadBalancers[0]",
+     "haproxy's runtime API"),
+    # keepalived's own ranges.
+    ({"loadBalancers": [ka(advertIntervalSeconds=0.001)]},
+     "cplb:loadBalancers[0].keepalived.vrrpInstances[0].advertIntervalSeconds", "greater than or equal to 0.01"),
+    ({"loadBalancers": [ka(advertIntervalSeconds=0.015)]},
+     "cplb:loadBalancers[0].keepalived.vrrpInstances[0].advertIntervalSeconds", "more than two decimals"),
+    ({"loadBalancers": [ka(servers=[{"ipAddress": "198.18.10.50", "delayLoop": "0s"}])]},
+     "cplb:loadBalancers[0].keepalived.virtualServers[0]", "at least 1s"),
+    # Files no validator read: an image reference with a trailing `:`.
+    ({"loadBalancers": [lb(type="external", external={"endpoint": "198.18.10.5:6443",
+                                                      "kubeVip": {"vip": "198.18.10.5", "image": "ghcr.io/kv:"}})]},
+     "cplb:loadBalancers[0].external.kubeVip.image", "pattern"),
+    # What used to pass preview and fail at `up`.
+    ({"loadBalancers": [dns(server="127.0.0.1:0")]}, "cplb:loadBalancers[0].dns", "server port 0 is outside 1-65535"),
+    ({"loadBalancers": [dns(server="127.0.0.1:99999")]}, "cplb:loadBalancers[0].dns", "outside 1-65535"),
+    ({"loadBalancers": [dns(tsig={"name": "k", "secret": "not!base64=="})]},
+     "cplb:loadBalancers[0].dns.tsig.secret", "not valid base64"),
+    ({"instanceGroups": [{"name": "api-haproxy", "count": 1}], "loadBalancers": [lb()]}, "cplb:",
+     "loadBalancers[0] and instanceGroups[0] would both create the Incus instance `<stack>-api-haproxy-1`"),
+    ({"instanceGroups": [{"name": "web-proxy", "count": 2}], "loadBalancers": [{**dns(), "name": "web"}]}, "cplb:",
+     "would both create the Incus instance `<stack>-web-proxy-1`"),
+    # Long values are cut in messages; odd keys are escaped in key paths.
+    ({"loadBalancers": [lb(balance="x" * 10000)]}, "cplb:loadBalancers[0].balance", "(10000 characters)"),
+    ({"loadBalancers": [lb(targets={"selector": {"matchLabels": {"user.a\nb": "x"}}})]},
+     'cplb:loadBalancers[0].targets.selector.matchLabels["user.a\\nb"]', "pattern"),
 ]
 
 
@@ -197,3 +247,61 @@ def test_port_range_and_dual_stack_accepted_where_the_strategy_can():
     # Different protocols may share ports.
     spec.parse({"loadBalancers": [dns(), lb(name="ext", type="external", external={"endpoint": "198.18.10.9:53"},
                                          ports=[{"name": "t", "port": 53}, {"name": "u", "protocol": "UDP", "port": 53}])]})
+
+
+SECRET_CASES = [
+    # (config values, the secret that must not appear, key path)
+    ({"loadBalancers": [lb(lxc={"replicas": 2, "vip": "198.18.10.5", "authPass": "ab!cdefg"})]}, "ab!cdefg",
+     "cplb:loadBalancers[0].lxc.authPass"),
+    ({"loadBalancers": [ka(authPass="x{y}z#w")]}, "x{y}z#w", "cplb:loadBalancers[0].keepalived.vrrpInstances[0].authPass"),
+    ({"loadBalancers": [dns(tsig={"name": "k", "secret": "Zm9vYmFy!not-base64"})]}, "Zm9vYmFy!not-base64",
+     "cplb:loadBalancers[0].dns.tsig.secret"),
+    ({"loadBalancers": [lb(lxc={"replicas": 2, "vip": "198.18.10.5", "authPass": "toolong-secret"})]},
+     "toolong-secret", "cplb:loadBalancers[0].lxc.authPass"),
+]
+
+
+@pytest.mark.parametrize("values,secret,path", SECRET_CASES)
+def test_errors_on_secret_fields_name_the_field_never_the_value(values, secret, path):
+    with pytest.raises(spec.SpecError) as exc:
+        spec.parse(values)
+    message = str(exc.value)
+    assert path in message and secret not in message, message
+
+
+def test_long_values_are_cut_and_messages_stay_short():
+    with pytest.raises(spec.SpecError) as exc:
+        spec.parse({"loadBalancers": [lb(targets={"addresses": [{"name": "a", "address": "1" * 10000}]})]})
+    assert len(str(exc.value)) < 400 and "(10000 characters)" in str(exc.value)
+
+
+@pytest.mark.parametrize("values,where", [
+    ({"loadBalancers": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}, "nested deeper"),
+    ({"loadBalancers": [{1: "x"}]}, "is not a string"),
+    ({"loadBalancers": [{"name": "a" * 100_000}]}, "at most 65536"),
+    ({"loadBalancers": [[0] * 100_001]}, "more than 100000 values"),
+    ({"incus": object()}, "not a config value"),
+])
+def test_config_of_the_wrong_shape_is_refused_without_a_traceback(values, where):
+    with pytest.raises(spec.SpecError) as exc:
+        spec.parse(values)
+    assert where in str(exc.value) and str(exc.value).startswith("invalid stack config:")
+
+
+def test_namespace_that_is_not_a_map():
+    with pytest.raises(spec.SpecError, match="must be a map"):
+        spec.parse(["loadBalancers"])
+
+
+def test_incus_names_count_the_stack_name():
+    values = {"instanceGroups": [{"name": "g" * 40, "count": 1}]}
+    spec.parse(values, "dev")
+    with pytest.raises(spec.SpecError, match=r"cplb:instanceGroups\[0\]\.name: the Incus instance name"):
+        spec.parse(values, "a-very-long-stack-name-for-this")
+
+
+def test_keepalived_advert_interval_prints_without_exponent():
+    vi = spec.VrrpInstanceSpec(virtualIPs=["198.18.10.50/24"], advertIntervalSeconds=1e-2)
+    assert vi.advert_int_text == "0.01"
+    assert spec.VrrpInstanceSpec(virtualIPs=["198.18.10.50/24"], advertIntervalSeconds=2.0).advert_int_text == "2"
+    assert spec.VrrpInstanceSpec(virtualIPs=["198.18.10.50/24"], advertIntervalSeconds=0.1).advert_int_text == "0.1"

@@ -19,7 +19,7 @@ def keepalived_lb(**vrrp):
     }]}).load_balancers[0]
 
 
-def render_keepalived(lb, ipvs: bool, check: str = CHECKS["tcp"].format(port=6443)) -> str:
+def render_keepalived(lb, ipvs: bool, check: str = CHECKS["tcp"].format(host="127.0.0.1", port=6443)) -> str:
     return render("keepalived-node.conf.j2", stack="s", lb_name=lb.name, node="s-cp-1",
                   check_script=Quoted(check), priority=190,
                   vrrp_instances=vrrp_view(lb, {}),

@@ -1,0 +1,231 @@
+"""Dynamic providers `cplb:pki:ClusterCa` and `cplb:pki:NodeCertificates`: the PKI of one control plane, made with the `cryptography` package.
+
+`ClusterCa`: one CA (kept for the life of the resource), the service-account key pair, an admin client
+certificate (O=system:masters). `NodeCertificates`, per node: the kube-apiserver serving certificate (SANs: every balancer address and DNS
+name of the cluster, the node's own addresses, the in-cluster service names), an etcd server/peer certificate and
+the API server's etcd client certificate.
+
+The diff is precise: a change of the endpoints or the nodes' addresses updates the resource, which reissues the
+leaf certificates under the same CA (so clients' kubeconfigs stay valid) and keeps the service-account key (so
+tokens stay valid). Nothing is replaced unless the cluster name changes.
+
+Every private key is in the `keys` output, which is a Pulumi secret: encrypted in state, masked in diffs and
+previews. Certificates (public) are in `certs`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from typing import Optional
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+
+from providers.values import plain
+
+CA_DAYS = 3650
+LEAF_DAYS = 365
+
+
+def _key():
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def _pem_pub(key) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def _pem_cert(cert) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _load_key(pem: str):
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_pem_private_key(pem.encode(), password=None)
+
+
+def _load_cert(pem: str):
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(pem.encode())
+
+
+def _name(cn: str, org: Optional[str] = None):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+def make_ca(cluster: str):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    key = _key()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = _name(f"{cluster}-ca")
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    return cert, key
+
+
+def issue(ca_cert, ca_key, cn: str, *, org: Optional[str] = None, dns: tuple = (), ips: tuple = (),
+          server: bool = False, client: bool = False):
+    """A leaf certificate signed by the CA; a new key each time."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    key = _key()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+    builder = (x509.CertificateBuilder().subject_name(_name(cn, org)).issuer_name(ca_cert.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=LEAF_DAYS))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
+                                            crl_sign=False, content_commitment=False, data_encipherment=False,
+                                            key_agreement=False, encipher_only=False, decipher_only=False),
+                              critical=True)
+               .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                              critical=False))
+    sans = [x509.DNSName(d) for d in dict.fromkeys(dns)] + \
+        [x509.IPAddress(ipaddress.ip_address(i)) for i in dict.fromkeys(ips)]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def sans_of(cert_pem: str) -> dict:
+    """{'dns': [...], 'ips': [...]} of a certificate (for tests and refresh)."""
+    from cryptography import x509
+
+    ext = _load_cert(cert_pem).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {"dns": ext.get_values_for_type(x509.DNSName),
+            "ips": [str(i) for i in ext.get_values_for_type(x509.IPAddress)]}
+
+
+def _node_leaves(props: dict, ca_cert, ca_key) -> tuple[dict, dict]:
+    """Per node: the API server's serving certificate, the etcd member's certificate and the API server's etcd
+    client certificate, as (certs, keys) keyed by node name, then file name."""
+    endpoints = list(props.get("endpoints") or [])
+    dns_names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                 "kubernetes.default.svc.cluster.local", "localhost", *(props.get("dnsNames") or [])]
+    certs: dict = {}
+    keys: dict = {}
+    for node in props.get("nodes") or []:
+        name, addresses = node["name"], [a for a in node.get("addresses") or [] if a]
+        ips = [*addresses, *endpoints, "127.0.0.1", props.get("serviceIP") or "198.19.0.1"]
+        apiserver, apiserver_key = issue(ca_cert, ca_key, "kube-apiserver", dns=(name, *dns_names), ips=tuple(ips),
+                                         server=True)
+        etcd, etcd_key = issue(ca_cert, ca_key, name, dns=(name, "localhost"), ips=(*addresses, "127.0.0.1"),
+                               server=True, client=True)
+        etcd_client, etcd_client_key = issue(ca_cert, ca_key, "kube-apiserver-etcd-client", client=True)
+        certs[name] = {"apiserver.crt": _pem_cert(apiserver), "etcd.crt": _pem_cert(etcd),
+                       "apiserver-etcd-client.crt": _pem_cert(etcd_client)}
+        keys[name] = {"apiserver.key": _pem_key(apiserver_key), "etcd.key": _pem_key(etcd_key),
+                      "apiserver-etcd-client.key": _pem_key(etcd_client_key)}
+    return certs, keys
+
+
+class ClusterCaProvider(ResourceProvider):
+    """The CA, the service-account key and the admin client certificate: made once, kept for the resource's life."""
+
+    def create(self, props):
+        cluster = props["cluster"]
+        ca_cert, ca_key = make_ca(cluster)
+        sa_key = _key()
+        admin, admin_key = issue(ca_cert, ca_key, f"{cluster}-admin", org="system:masters", client=True)
+        return CreateResult(id_=f"ca-{cluster}", outs={
+            "cluster": cluster,
+            "certs": {"ca.crt": _pem_cert(ca_cert), "sa.pub": _pem_pub(sa_key), "admin.crt": _pem_cert(admin)},
+            "keys": {"ca.key": _pem_key(ca_key), "sa.key": _pem_key(sa_key), "admin.key": _pem_key(admin_key)},
+        })
+
+    def diff(self, _id, olds, news):
+        replace = olds.get("cluster") != news.get("cluster")
+        return DiffResult(changes=replace, replaces=["cluster"] if replace else [], delete_before_replace=False)
+
+    def read(self, id_, props):
+        return ReadResult(id_=id_, outs=props)  # lives in the state only
+
+
+class ClusterCa(pulumi.dynamic.Resource, module="pki", name="ClusterCa"):
+    """Outputs: `certs` (ca.crt, sa.pub, admin.crt) and `keys` (ca.key, sa.key, admin.key; secret)."""
+
+    certs: pulumi.Output[dict]
+    keys: pulumi.Output[dict]
+
+    def __init__(self, resource_name: str, *, cluster: str, opts: Optional[pulumi.ResourceOptions] = None):
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["keys"]))
+        super().__init__(ClusterCaProvider(), resource_name, {"cluster": cluster, "certs": None, "keys": None}, opts)
+
+
+class NodeCertificatesProvider(ResourceProvider):
+    """Leaf certificates of every node under the cluster CA. Any input change reissues them in place (an update):
+    a new balancer address reaches the serving certificate without replacing anything."""
+
+    def _outs(self, props: dict) -> dict:
+        ca = props["ca"]
+        certs, keys = _node_leaves(props, _load_cert(ca["crt"]), _load_key(ca["key"]))
+        return {**{k: props.get(k) for k in INPUT_KEYS}, "certs": certs, "keys": keys}
+
+    def create(self, props):
+        return CreateResult(id_=f"certs-{props['cluster']}", outs=self._outs(props))
+
+    def update(self, _id, _olds, news):
+        return UpdateResult(outs=self._outs(news))
+
+    def diff(self, _id, olds, news):
+        changed = [k for k in INPUT_KEYS if plain(olds.get(k)) != plain(news.get(k))]
+        return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+    def read(self, id_, props):
+        return ReadResult(id_=id_, outs=props)
+
+
+INPUT_KEYS = ("cluster", "ca", "nodes", "endpoints", "dnsNames", "serviceIP")
+
+
+class NodeCertificates(pulumi.dynamic.Resource, module="pki", name="NodeCertificates"):
+    """Outputs: `certs` (node -> file -> PEM) and `keys` (the same for private keys; secret)."""
+
+    certs: pulumi.Output[dict]
+    keys: pulumi.Output[dict]
+
+    def __init__(self, resource_name: str, *, cluster: str, ca: pulumi.Input[dict], nodes: pulumi.Input[list],
+                 endpoints: pulumi.Input[list], dns_names: pulumi.Input[list], service_ip: str,
+                 opts: Optional[pulumi.ResourceOptions] = None):
+        props = {"cluster": cluster, "ca": pulumi.Output.secret(ca), "nodes": nodes, "endpoints": endpoints,
+                 "dnsNames": dns_names, "serviceIP": service_ip, "certs": None, "keys": None}
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["keys", "ca"]))
+        super().__init__(NodeCertificatesProvider(), resource_name, props, opts)
