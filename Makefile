@@ -3,7 +3,7 @@ SHELL := /bin/bash
 # Set-up runs first wherever it is needed: it is idempotent and takes under a second when all is present.
 STACK ?= dev
 
-.PHONY: setup up preview refresh down outputs test unit bench watch schema validate drift preview-summary status
+.PHONY: setup up preview refresh down outputs test unit bench watch schema validate drift preview-summary status kubeconfig
 
 up:
 	@scripts/setup
@@ -23,6 +23,10 @@ down: setup
 
 outputs:
 	@scripts/stack outputs $(STACK)
+
+# Each cluster's kubeconfig (a Pulumi secret) into .state/kubeconfig/<stack>-<cluster>, mode 0600.
+kubeconfig:
+	@scripts/kubeconfig $(STACK)
 
 test: setup
 	@scripts/run-tests

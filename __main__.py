@@ -77,5 +77,8 @@ pulumi.export("clusters", {
 pulumi.export("instanceGroups", {
     name: {"instances": group.names, "addresses": group.addresses} for name, group in groups.items()
 })
-pulumi.export("loadBalancers", {name: b.outputs for name, b in balancers.items()})
+pulumi.export("loadBalancers", {
+    lb.name: balancers[lb.name].outputs.apply(lambda o, lb=lb: {**o, "cluster": lb.cluster})
+    for lb in stack_spec.load_balancers
+})
 pulumi.export("routing", {name: b.routing for name, b in balancers.items()})

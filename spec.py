@@ -14,7 +14,7 @@ import ipaddress
 import json
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import (
     AfterValidator,

@@ -35,8 +35,8 @@ PKI = "/etc/kubernetes/pki"
 ETCD_ARGS = "/etc/kubernetes/etcd.args"
 APISERVER_ARGS = "/etc/kubernetes/kube-apiserver.args"
 # A changed flags file takes effect when the service restarts (busybox init respawns it with the new flags).
-RESTART_ETCD = ["sh", "-c", "pkill -x etcd || true"]
-RESTART_APISERVER = ["sh", "-c", "pkill -x kube-apiserver || true"]
+RESTART_ETCD = ["sh", "-c", "killall etcd 2>/dev/null || true"]
+RESTART_APISERVER = ["sh", "-c", "killall kube-apiserver 2>/dev/null || true"]
 READY_WAIT_SECONDS = 180.0
 
 
@@ -187,17 +187,20 @@ class ControlPlane(pulumi.ComponentResource):
                 files.append(f)
                 return f
 
-            pem = lambda certs, keys, stem, node=node: certs[node][f"{stem}.crt"] + keys[node][f"{stem}.key"]  # noqa
-            both = pulumi.Output.all(self.certs.certs, self.certs.keys)
+            def pem(stem: str, node: str = node) -> pulumi.Output[str]:
+                """A node's certificate and its key in one file (Go's TLS loaders take the key from it)."""
+                return pulumi.Output.all(self.certs.certs, self.certs.keys).apply(
+                    lambda v: v[0][node][f"{stem}.crt"] + v[1][node][f"{stem}.key"])
+
             pki = [
                 push("ca-crt", f"{PKI}/ca.crt", self.ca_cert),
-                push("sa", f"{PKI}/sa.pem", self.ca.keys.apply(lambda k: k["sa.key"]), secret=True, mode="0600"),
-                push("apiserver-pem", f"{PKI}/apiserver.pem", both.apply(lambda v: pem(v[0], v[1], "apiserver")),
+                # The public key (verifies tokens) and the private key (signs them) in one file.
+                push("sa", f"{PKI}/sa.pem", pulumi.Output.all(self.ca.certs, self.ca.keys).apply(
+                    lambda v: v[0]["sa.pub"] + v[1]["sa.key"]), secret=True, mode="0600"),
+                push("apiserver-pem", f"{PKI}/apiserver.pem", pem("apiserver"), secret=True, mode="0600"),
+                push("etcd-client-pem", f"{PKI}/apiserver-etcd-client.pem", pem("apiserver-etcd-client"),
                      secret=True, mode="0600"),
-                push("etcd-client-pem", f"{PKI}/apiserver-etcd-client.pem",
-                     both.apply(lambda v: pem(v[0], v[1], "apiserver-etcd-client")), secret=True, mode="0600"),
-                push("etcd-pem", f"{PKI}/etcd.pem", both.apply(lambda v: pem(v[0], v[1], "etcd")), secret=True,
-                     mode="0600"),
+                push("etcd-pem", f"{PKI}/etcd.pem", pem("etcd"), secret=True, mode="0600"),
             ]
             push("etcd-args", ETCD_ARGS, pulumi.Output.all(inst.address, members).apply(
                 lambda v, node=node: "\n".join(etcd_flags(node, v[0], v[1], token)) + "\n"),

@@ -15,7 +15,7 @@ import pulumi
 
 from components.lxc import HAPROXY_CFG, HAPROXY_RELOAD, HAPROXY_VALIDATE, KEEPALIVED_CONF, KEEPALIVED_RELOAD
 from components.common import LoadBalancerArgs
-from components.lxc import CLUSTER_CA, KEEPALIVED_VALIDATE, MONITOR_PORT, RenderedBackend, haproxy_drain, render_haproxy
+from components.lxc import CLUSTER_CA, KEEPALIVED_VALIDATE, RenderedBackend, haproxy_drain, render_haproxy
 from components.render import Quoted, render
 import health
 from components.status import at_up, backends_condition, condition, ready_condition
@@ -88,7 +88,6 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
         port = lb.ports[0]
         vips = [v.split("/")[0] for vi in ka.vrrp_instances for v in vi.virtual_ips]
         has_secret = any(vi.auth_pass for vi in ka.vrrp_instances)
-        child = pulumi.ResourceOptions(parent=self)
 
         addresses = pulumi.Output.all(*[n.address for n in nodes])
         self.files: list[InstanceFile] = []

@@ -13,8 +13,8 @@ import os
 
 import pytest
 
-from tests.helpers import base_config, incus, instances_with_prefix, pulumi_stack, wait_for
-from tests.k8s import Kubectl, readyz_check, real_control_plane
+from tests.helpers import http_get, incus, pulumi_stack, wait_for
+from tests.k8s import Kubectl
 
 pytestmark = pytest.mark.integration
 CLUSTER = "itk8s"
@@ -24,36 +24,70 @@ def quiet(_):
     pass
 
 
-def lxc(**extra) -> dict:
-    return {"name": "api", "cluster": CLUSTER, "type": "lxc", "healthCheck": readyz_check(),
-            "lxc": {"replicas": 1}, **extra}
-
-
-def conditions(result, lb: str = "api") -> dict:
+def conditions(result, lb: str = "x-api") -> dict:
     return {c["type"]: c for c in result.outputs["loadBalancers"].value[lb]["status"]["conditions"]}
+
+
+def dev_stack_values() -> dict:
+    """stacks/Pulumi.dev.yaml as shipped, with the cluster renamed so a running dev stack cannot select the
+    test's instances."""
+    import yaml
+
+    from tests.helpers import ROOT
+
+    with open(os.path.join(ROOT, "stacks", "Pulumi.dev.yaml")) as f:
+        config = yaml.safe_load(f)["config"]
+    text = json.dumps({k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("cplb:")})
+    return json.loads(text.replace('"demo"', f'"{CLUSTER}"').replace('"demo-', '"x-'))
 
 
 @pytest.fixture(scope="module")
 def k8s():
     if not os.path.exists(os.path.join(os.path.dirname(__file__), "..", "..", ".tools", "bin", "kube-apiserver")):
         pytest.fail("kube-apiserver is missing: scripts/setup builds it")
-    config = base_config(controlPlanes=[real_control_plane("kcp", CLUSTER)], loadBalancers=[lxc()])
-    with pulumi_stack(config, prefix="k8s") as (project, name, stack):
+    with pulumi_stack(dev_stack_values(), prefix="k8s") as (project, name, stack):
         result = stack.up(on_output=quiet)
         yield project, name, stack, result
 
 
 def kubectl_of(result) -> Kubectl:
-    kubeconfig = result.outputs["clusters"].value[CLUSTER]["kubeconfig"]
-    assert result.outputs["clusters"].secret, "the kubeconfig output must be a secret"
-    return Kubectl(kubeconfig)
+    return Kubectl(result.outputs["clusters"].value[CLUSTER]["kubeconfig"])
+
+
+def kube_key_data(result) -> str:
+    import yaml
+
+    doc = yaml.safe_load(result.outputs["clusters"].value[CLUSTER]["kubeconfig"])
+    return doc["users"][0]["user"]["client-key-data"]
+
+
+def secret_paths(node, path="") -> list[str]:
+    """Key paths of the values a deployment holds as Pulumi secrets (ciphertext, never plain text)."""
+    if isinstance(node, dict):
+        if node.get("4dabf18193072939515e22adb298388d") == "1b47061264138c4ac30d75fd1eb44270":
+            return [path]
+        return [p for k, v in node.items() for p in secret_paths(v, f"{path}.{k}" if path else k)]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in secret_paths(v, f"{path}[{i}]")]
+    return []
+
+
+def test_dev_stack_ingress_ports_answer_from_the_workers(k8s):
+    """The dev stack's second balancer: ports 80 and 443 to the stand-in workers, beside the real control plane."""
+    _project, _name, _stack, result = k8s
+    workers = result.outputs["instanceGroups"].value["x-worker"]["instances"]
+    host = result.outputs["loadBalancers"].value["x-ingress"]["endpoint"].rsplit(":", 1)[0]
+    for port in (80, 443):
+        assert wait_for(lambda: {http_get(host, port, timeout=5) for _ in range(6)} == set(workers), 30), port
+    routing = result.outputs["routing"].value["x-ingress"]["destinations"]
+    assert {(d["name"], d["port"]) for d in routing} == {(w, p) for w in workers for p in (80, 443)}
 
 
 def test_kubectl_through_the_lxc_endpoint_with_tls_verified(k8s):
     project, name, stack, result = k8s
     kube = kubectl_of(result)
     try:
-        endpoint = result.outputs["loadBalancers"].value["api"]["endpoint"]
+        endpoint = result.outputs["loadBalancers"].value["x-api"]["endpoint"]
         assert kube.server == f"https://{endpoint}"
         assert kube.readyz() == "ok"
         assert kube.configmap_roundtrip("cplb-lxc", "through-lxc") == {"value": "through-lxc"}
@@ -61,10 +95,12 @@ def test_kubectl_through_the_lxc_endpoint_with_tls_verified(k8s):
         conds = conditions(result)
         assert conds["Ready"]["status"] == "True" and conds["BackendsHealthy"]["status"] == "True", conds
         assert "3 of 3" in conds["BackendsHealthy"]["message"]
-        # No private key in the state or the outputs in plain text.
+        # No private key in the state in plain text; the kubeconfig output is held as a secret.
         state = project.state_text()
-        assert "PRIVATE KEY" not in state
-        assert "PRIVATE KEY" not in json.dumps({k: v.value for k, v in result.outputs.items() if not v.secret})
+        key_b64 = kube_key_data(result)
+        assert "PRIVATE KEY" not in state and key_b64 not in state
+        stack_res = next(r for r in stack.export_stack().deployment["resources"] if r["type"] == "pulumi:pulumi:Stack")
+        assert f"clusters.{CLUSTER}.kubeconfig" in secret_paths(stack_res["outputs"]), secret_paths(stack_res["outputs"])
     finally:
         kube.cleanup()
 
@@ -80,8 +116,8 @@ def test_one_control_plane_instance_powered_off(k8s):
 
     project, name, stack, result = k8s
     kube = kubectl_of(result)
-    victim = f"{name}-kcp-3"
-    balancer = f"{name}-api-haproxy-1"
+    victim = f"{name}-x-cp-3"
+    balancer = f"{name}-x-api-haproxy-1"
     try:
         incus().call("PUT", f"instances/{victim}/state", json={"action": "stop", "force": True})
         wait_for(lambda: incus().get_instance(victim)["status"] == "Stopped", timeout=30)
@@ -91,7 +127,7 @@ def test_one_control_plane_instance_powered_off(k8s):
         client = Facts(IncusSpec(socket="/var/lib/incus/unix.socket")).client
         wait_for(lambda: sum(health.haproxy_servers(client, balancer).values()) == 2, timeout=15)
         servers = health.haproxy_servers(client, balancer)
-        assert servers == {f"{name}-kcp-1": True, f"{name}-kcp-2": True, victim: False}, servers
+        assert servers == {f"{name}-x-cp-1": True, f"{name}-x-cp-2": True, victim: False}, servers
     finally:
         kube.cleanup()
     stack.refresh(on_output=quiet)

@@ -199,33 +199,3 @@ def test_dual_stack_endpoint_reaches_ipv6_backends(control_plane):
         assert {d["family"] for d in routing} == {"IPv4", "IPv6"} and len(routing) == 6
         cond = conditions(up)
         assert cond["Ready"]["status"] == "True" and v6 in cond["Ready"]["message"], cond
-
-
-def test_dev_stack_example_serves_the_api_and_ingress_ports():
-    """stacks/Pulumi.dev.yaml as shipped (cluster renamed so a running dev stack cannot select the test's
-    instances): the control-plane endpoint answers from the control plane, ports 80 and 443 from the workers."""
-    import json
-    import os
-
-    import yaml
-
-    from tests.helpers import ROOT
-
-    with open(os.path.join(ROOT, "stacks", "Pulumi.dev.yaml")) as f:
-        config = yaml.safe_load(f)["config"]
-    text = json.dumps({k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("cplb:")})
-    values = json.loads(text.replace('"demo"', '"itdev"').replace('"demo-', '"x-'))
-    with pulumi_stack(values) as (project, stack_name, stack):
-        up = stack.up(on_output=quiet)
-        lbs = up.outputs["loadBalancers"].value
-        groups = up.outputs["instanceGroups"].value
-        cps, workers = groups["x-cp"]["instances"], groups["x-worker"]["instances"]
-        api = lbs["x-api"]["endpoint"]
-        host, port = api.rsplit(":", 1)
-        assert wait_for(lambda: {http_get(host, int(port), timeout=5) for _ in range(9)} == set(cps), 30)
-        ingress_host = lbs["x-ingress"]["endpoint"].rsplit(":", 1)[0]
-        for ingress_port in (80, 443):
-            assert wait_for(lambda: {http_get(ingress_host, ingress_port, timeout=5) for _ in range(6)}
-                            == set(workers), 30), ingress_port
-        routing = up.outputs["routing"].value["x-ingress"]["destinations"]
-        assert {(d["name"], d["port"]) for d in routing} == {(w, p) for w in workers for p in (80, 443)}

@@ -235,7 +235,7 @@ def test_dev_stack_file_is_valid():
         config = yaml.safe_load(f)["config"]
     values = {k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("cplb:")}
     s = spec.parse(values)
-    assert s.instance_groups[0].count == 3
+    assert s.control_planes[0].count == 3 and s.control_planes[0].instance.image == "cplb/control-plane"
 
 
 def test_port_range_and_dual_stack_accepted_where_the_strategy_can():
