@@ -60,3 +60,249 @@ class Kubectl:
         import shutil
 
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- steady load through an endpoint, counted as client-go counts -----------------------------------------------
+
+class ApiLoad:
+    """Authenticated GETs through an endpoint while something happens behind it, counted as client-go would:
+    - `fresh`: a new TLS connection every `interval` seconds (>= 20 requests/s at the default);
+    - `kept`: one kept-alive connection, a request every `interval` seconds. A request on a reused connection that
+      the server closed before answering is retried once on a new connection, as Go's transport does for
+      idempotent requests (counted in `reconnects`, not as a failure);
+    - a 429 with Retry-After (an API server that is shutting down) is retried after the delay, as client-go does
+      (counted in `retry_after`, a failure only when the retry fails too).
+    Bounded: it stops by itself after `max_seconds`."""
+
+    PATH = "/api/v1/namespaces/default/configmaps?limit=1"
+
+    def __init__(self, kubeconfig: str, host: str, port: int, server_name: Optional[str] = None,
+                 interval: float = 0.04, max_seconds: float = 300):
+        import base64
+        import ssl
+        import threading
+
+        import yaml
+
+        doc = yaml.safe_load(kubeconfig)
+        user = doc["users"][0]["user"]
+        self.dir = tempfile.mkdtemp(prefix="cplb-load-")
+        cert, key = os.path.join(self.dir, "c.pem"), os.path.join(self.dir, "k.pem")
+        for path, field in ((cert, "client-certificate-data"), (key, "client-key-data")):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(base64.b64decode(user[field]))
+        self.ctx = ssl.create_default_context(
+            cadata=base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"]).decode())
+        self.ctx.load_cert_chain(cert, key)
+        self.host, self.port, self.server_name = host, port, server_name or host
+        self.interval, self.max_seconds = interval, max_seconds
+        self.lock = threading.Lock()
+        self.counts = {"ok": 0, "failed": 0, "retry_after": 0, "reconnects": 0}
+        self.errors: list[str] = []
+        self.stop_event = threading.Event()
+        self.threads = [threading.Thread(target=self._fresh, daemon=True),
+                        threading.Thread(target=self._kept, daemon=True)]
+
+    def _conn(self):
+        import http.client
+        import socket
+
+        load = self
+
+        class Connection(http.client.HTTPSConnection):
+            """Connects to the endpoint's address; TLS names and verifies `server_name` (the dns strategy's
+            host name, resolved by the test through the project's own DNS server)."""
+
+            def connect(self):
+                sock = socket.create_connection((load.host, load.port), timeout=self.timeout)
+                self.sock = load.ctx.wrap_socket(sock, server_hostname=load.server_name)
+
+        return Connection(self.host, self.port, context=self.ctx, timeout=5)
+
+    def _once(self, conn) -> tuple[int, dict]:
+        conn.request("GET", self.PATH)
+        r = conn.getresponse()
+        body = r.read()
+        return r.status, {"retry-after": r.getheader("Retry-After"), "body": body[:200]}
+
+    def _request(self, conn, reused: bool):
+        """One logical request; returns the connection to keep (or None)."""
+        import http.client
+        import time as _time
+
+        for attempt in range(3):
+            try:
+                if conn is None:
+                    conn = self._conn()
+                    reused = False
+                status, info = self._once(conn)
+            except (OSError, http.client.HTTPException) as exc:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                conn = None
+                if reused and attempt == 0:  # closed by the server between requests: Go retries at once
+                    self._count("reconnects")
+                    continue
+                self._fail(f"{type(exc).__name__}: {exc}")
+                return None
+            if status == 429 and info["retry-after"] and attempt < 2:
+                self._count("retry_after")
+                _time.sleep(min(float(info["retry-after"]), 2.0))
+                reused = True
+                continue
+            if 200 <= status < 300:
+                self._count("ok")
+                return conn
+            self._fail(f"HTTP {status}: {info['body']!r}")
+            return conn
+        return conn
+
+    def _count(self, key: str):
+        with self.lock:
+            self.counts[key] += 1
+
+    def _fail(self, why: str):
+        with self.lock:
+            self.counts["failed"] += 1
+            if len(self.errors) < 20:
+                self.errors.append(why)
+
+    def _fresh(self):
+        import time as _time
+
+        deadline = _time.monotonic() + self.max_seconds
+        while not self.stop_event.is_set() and _time.monotonic() < deadline:
+            conn = self._request(None, reused=False)
+            if conn:
+                conn.close()
+            _time.sleep(self.interval)
+
+    def _kept(self):
+        import time as _time
+
+        deadline = _time.monotonic() + self.max_seconds
+        conn = None
+        while not self.stop_event.is_set() and _time.monotonic() < deadline:
+            conn = self._request(conn, reused=conn is not None)
+            _time.sleep(self.interval)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        import shutil
+
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=15)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def rolling_restart(instances: list[str], addresses: list[str], ca_pem: str, timeout: float = 120) -> None:
+    """Restart every kube-apiserver, one at a time: SIGTERM, wait for the process to exit (after its shutdown
+    delay and drain), start it again, wait until it answers /readyz."""
+    import time as _time
+
+    from components.control_plane import readyz
+    from tests.helpers import incus
+
+    client = incus()
+    for name, address in zip(instances, addresses):
+        client.exec(name, ["touch", "/run/cplb-service.kube-apiserver.down"])  # hold the respawn
+        client.exec(name, ["killall", "-TERM", "kube-apiserver"])
+        deadline = _time.monotonic() + timeout
+        while client.exec(name, ["pidof", "kube-apiserver"])[0] == 0:
+            assert _time.monotonic() < deadline, f"kube-apiserver on {name} did not exit"
+            _time.sleep(0.2)
+        client.exec(name, ["rm", "-f", "/run/cplb-service.kube-apiserver.down"])
+        while not readyz(address, ca_pem):
+            assert _time.monotonic() < deadline, f"kube-apiserver on {name} did not come back"
+            _time.sleep(0.5)
+
+
+class WatchProbe:
+    """A ConfigMap watch through an endpoint while a writer creates a ConfigMap every `every` seconds. Records the
+    arrival time of every event, and when the stream ends it is re-established from the last resourceVersion (as
+    client-go's reflector does): `cuts` counts those."""
+
+    def __init__(self, load: ApiLoad, prefix: str, every: float = 0.25, max_seconds: float = 180):
+        import threading
+
+        self.load, self.prefix, self.every, self.max_seconds = load, prefix, every, max_seconds
+        self.arrivals: list[float] = []
+        self.cuts: list[float] = []
+        self.written = 0
+        self.stop_event = threading.Event()
+        self.threads = [threading.Thread(target=self._watch, daemon=True),
+                        threading.Thread(target=self._write, daemon=True)]
+
+    def _watch(self):
+        import json as _json
+        import time as _time
+
+        rv = ""
+        deadline = _time.monotonic() + self.max_seconds
+        while not self.stop_event.is_set() and _time.monotonic() < deadline:
+            conn = self.load._conn()
+            try:
+                conn.timeout = 60
+                path = "/api/v1/namespaces/default/configmaps?watch=1&allowWatchBookmarks=false"
+                conn.request("GET", path + (f"&resourceVersion={rv}" if rv else ""))
+                r = conn.getresponse()
+                while not self.stop_event.is_set():
+                    line = r.readline()
+                    if not line:
+                        break
+                    event = _json.loads(line)
+                    obj = event.get("object", {})
+                    rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                    if event.get("type") == "ADDED" and obj.get("metadata", {}).get("name", "").startswith(self.prefix):
+                        self.arrivals.append(_time.monotonic())
+            except (OSError, ValueError):
+                pass
+            finally:
+                conn.close()
+            if not self.stop_event.is_set():
+                self.cuts.append(_time.monotonic())
+                _time.sleep(0.1)
+
+    def _write(self):
+        import json as _json
+        import time as _time
+
+        n = 0
+        deadline = _time.monotonic() + self.max_seconds
+        while not self.stop_event.is_set() and _time.monotonic() < deadline:
+            n += 1
+            body = _json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": f"{self.prefix}-{n}"}, "data": {"n": str(n)}})
+            conn = self.load._conn()
+            try:
+                conn.request("POST", "/api/v1/namespaces/default/configmaps", body=body,
+                             headers={"Content-Type": "application/json"})
+                if conn.getresponse().status == 201:
+                    self.written += 1
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            _time.sleep(self.every)
+
+    def max_gap(self, since: float) -> float:
+        times = [t for t in self.arrivals if t >= since]
+        return max((b - a for a, b in zip(times, times[1:])), default=float("inf"))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=70)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -135,3 +136,65 @@ def test_one_control_plane_instance_powered_off(k8s):
     conds = conditions(after)
     assert incus().get_instance(victim)["status"] == "Running"
     assert conds["BackendsHealthy"]["status"] == "True" and "3 of 3" in conds["BackendsHealthy"]["message"], conds
+
+
+def cluster_ca(result) -> str:
+    import base64
+
+    import yaml
+
+    doc = yaml.safe_load(result.outputs["clusters"].value[CLUSTER]["kubeconfig"])
+    return base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
+
+
+def restart_all_under_load(result, host: str, port: int, server_name=None) -> dict:
+    """Every kube-apiserver restarted gracefully, one at a time, under load through the endpoint."""
+    from tests.k8s import ApiLoad, rolling_restart
+
+    cp = result.outputs["clusters"].value[CLUSTER]
+    with ApiLoad(cp["kubeconfig"], host, port, server_name=server_name) as load:
+        time.sleep(2)
+        rolling_restart(cp["controlPlane"], cp["addresses"], cluster_ca(result))
+        time.sleep(2)
+    counts = dict(load.counts)
+    print(f"\nrolling restart via {server_name or host}:{port}: {counts}; first errors: {load.errors[:5]}")
+    return {**counts, "errors": load.errors}
+
+
+def test_rolling_restart_of_every_api_server_through_lxc_loses_no_request(k8s):
+    _project, _name, _stack, result = k8s
+    host, port = result.outputs["loadBalancers"].value["x-api"]["endpoint"].rsplit(":", 1)
+    counts = restart_all_under_load(result, host, int(port))
+    assert counts["ok"] > 500, counts  # at least 20 requests/s on new connections for the whole restart
+    assert counts["failed"] == 0, counts
+
+
+def test_a_watch_survives_a_balancer_reload(k8s):
+    """A ConfigMap watch through the endpoint while a backend joins (haproxy.cfg changes, haproxy reloads): events
+    keep arriving. The old haproxy worker keeps the stream until it ends or `drain.timeoutSeconds` passes, then the
+    stream is cut and the client re-establishes it; the gap is printed for docs/benchmarks.md."""
+    from tests.helpers import launch_external
+    from tests.k8s import ApiLoad, WatchProbe
+
+    project, name, stack, result = k8s
+    host, port = result.outputs["loadBalancers"].value["x-api"]["endpoint"].rsplit(":", 1)
+    extra = f"{name}-joiner"
+    cp = result.outputs["clusters"].value[CLUSTER]
+    load = ApiLoad(cp["kubeconfig"], host, int(port))
+    try:
+        with WatchProbe(load, "watch-reload") as probe:
+            time.sleep(3)
+            assert len(probe.arrivals) >= 5, "the watch sees no events"
+            launch_external(extra, {"user.cluster-name": CLUSTER, "user.cluster-role": "control-plane"})
+            t_reload = time.monotonic()
+            stack.up(on_output=quiet)
+            time.sleep(40)  # past the old worker's hard-stop-after (drain.timeoutSeconds, 30 s)
+        gap = probe.max_gap(t_reload)
+        cuts = [round(c - t_reload, 1) for c in probe.cuts if c >= t_reload]
+        print(f"\nwatch across a reload: {len(probe.arrivals)} events of {probe.written} writes, longest gap after "
+              f"the reload {gap:.2f}s, stream cut and re-established at {cuts} s after the reload")
+        assert probe.arrivals[-1] > t_reload + 35, "events stopped arriving after the reload"
+        assert gap < 10, f"events stopped for {gap:.1f}s"
+    finally:
+        incus().delete_instance(extra)
+        stack.up(on_output=quiet)
