@@ -9,6 +9,7 @@ does VRRP only and haproxy on every node listens on VIP:port and balances to all
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import pulumi
@@ -26,6 +27,7 @@ from providers.instance_file import InstanceFile
 # The node's own API server, at the node's address (a real kube-apiserver binds it only, so that haproxy can bind
 # VIP:port beside it). busybox wget does TLS without verifying: the check asks whether this node's server is ready,
 # the balancer's haproxy verifies against the cluster CA.
+HOLDER_WAIT_SECONDS = 15.0
 CHECKS = {
     "tcp": "/bin/nc -w 1 {host} {port}",
     "http": "/bin/wget -q -T 1 -O /dev/null http://{host}:{port}{path}",
@@ -129,7 +131,12 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
         def conditions(v) -> list[dict]:
             addrs = [a for a in v[0] if a]
             alive = sum(tcp_probe(a, port.backend_port) == "ok" for a in addrs)
+            # Right after a config push, VRRP needs the track script to rise and a few adverts to elect a holder.
+            deadline = time.monotonic() + HOLDER_WAIT_SECONDS
             held = facts.vip_holders(vips, fresh=True)
+            while len(held) < len(vips) and time.monotonic() < deadline:
+                time.sleep(0.5)
+                held = facts.vip_holders(vips, fresh=True)
             return [
                 condition("Exists", len(held) == len(vips), "VIPsHeld" if len(held) == len(vips) else "VIPNotHeld",
                           ", ".join(f"{vip} on {held.get(vip, 'nobody')}" for vip in vips)),

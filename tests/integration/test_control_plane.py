@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 
 import pytest
 
-from tests.helpers import http_get, incus, pulumi_stack, wait_for
+from tests.helpers import http_get, incus, instances_with_prefix, pulumi_stack, wait_for
 from tests.k8s import Kubectl
 
 pytestmark = pytest.mark.integration
@@ -198,3 +199,57 @@ def test_a_watch_survives_a_balancer_reload(k8s):
     finally:
         incus().delete_instance(extra)
         stack.up(on_output=quiet)
+
+
+def switch_api_balancer(project, name, stack, **balancer):
+    """Change the dev stack's control-plane balancer (x-api) as a user would, and `up`."""
+    values = dev_stack_values()
+    api = next(lb for lb in values["loadBalancers"] if lb["name"] == "x-api")
+    for key in ("lxc", "keepalived", "dns", "ovn"):
+        api.pop(key, None)
+    api.update(balancer)
+    project.write_stack_config(name, values)
+    return stack.up(on_output=quiet)
+
+
+def test_lxc_pair_with_a_vip_the_certificate_follows(k8s):
+    """lxc with 2 replicas and a VIP: the VIP joins the serving certificate (reissued, reloaded by the API servers
+    without replacing an instance) and the kubeconfig names it; kubectl through it verifies TLS."""
+    project, name, stack, result = k8s
+    vip = f"198.18.10.{random.randrange(30, 60)}"
+    before = {n: i["config"]["volatile.uuid"] for n, i in instances_with_prefix(f"{name}-x-cp").items()}
+    up = switch_api_balancer(project, name, stack, type="lxc",
+                             lxc={"replicas": 2, "vip": vip, "virtualRouterID": random.randrange(100, 200)})
+    kube = kubectl_of(up)
+    try:
+        assert kube.server == f"https://{vip}:6443"
+        assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 30), \
+            kube.run("get", "--raw", "/readyz").stderr
+        assert kube.configmap_roundtrip("cplb-vip", vip) == {"value": vip}
+        after = {n: i["config"]["volatile.uuid"] for n, i in instances_with_prefix(f"{name}-x-cp").items()}
+        assert after == before, "a control-plane instance was replaced"
+    finally:
+        kube.cleanup()
+
+
+def test_keepalived_on_the_control_plane_nodes(k8s):
+    """The k0s CPLB model on real API servers: VRRP on the control-plane nodes, the VIP follows each node's own
+    /readyz (track script), haproxy on every node balances VIP:6443 to the API servers (verified against the CA).
+    kubectl through the VIP; a rolling restart of every API server under load loses no request."""
+    project, name, stack, result = k8s
+    vip = f"198.18.10.{random.randrange(60, 90)}"
+    up = switch_api_balancer(project, name, stack, type="keepalived", keepalived={
+        "mode": "userspace", "vrrpInstances": [{"virtualIPs": [f"{vip}/24"], "virtualRouterID": random.randrange(100, 200)}]})
+    kube = kubectl_of(up)
+    try:
+        assert kube.server == f"https://{vip}:6443"
+        assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 30), \
+            kube.run("get", "--raw", "/readyz").stderr
+        assert kube.configmap_roundtrip("cplb-keepalived", vip) == {"value": vip}
+        assert instances_with_prefix(f"{name}-x-api") == {}, "the lxc instances were not removed"
+        conds = conditions(up)
+        assert conds["Ready"]["status"] == "True" and conds["Exists"]["status"] == "True", conds
+        counts = restart_all_under_load(up, vip, 6443)
+        assert counts["ok"] > 500 and counts["failed"] == 0, counts
+    finally:
+        kube.cleanup()
