@@ -64,3 +64,37 @@ def dns_answers(server: str, fqdn: str) -> list[str]:
         for rrset in reply.answer:
             found += [r.to_text() for r in rrset]
     return sorted(found)
+
+
+def https_probe(address: str, port: int, path: str, ca_pem: str, server_name: str = "",
+                timeout: float = 2.0) -> str:
+    """Like tcp_probe, then `GET path` over TLS verified against `ca_pem` (names checked against `server_name`
+    when given): "ok", "refused", "unreachable", or "failing" (it answers, but not 200 or not with a valid
+    certificate)."""
+    import http.client
+    import socket
+    import ssl
+
+    first = tcp_probe(address, port, timeout=timeout)
+    if first != "ok":
+        return first
+    ctx = ssl.create_default_context(cadata=ca_pem)
+    ctx.check_hostname = bool(server_name)
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            with ctx.wrap_socket(sock, server_hostname=server_name or address) as tls:
+                conn = http.client.HTTPConnection(address, port, timeout=timeout)
+                conn.sock = tls
+                conn.request("GET", path)
+                return "ok" if conn.getresponse().status == 200 else "failing"
+    except (OSError, ssl.SSLError, http.client.HTTPException):
+        return "failing"
+
+
+def node_probe(settings: dict | None):
+    """The probe of a `dns` proxy node as `up` and scripts/watch both use it: a TCP connect, or with `https`
+    settings ({path, caCert, serverName}) the API server's readiness through the node, TLS verified."""
+    if not settings or not settings.get("caCert"):
+        return tcp_probe
+    return lambda address, port: https_probe(address, port, settings["path"], settings["caCert"],
+                                             settings.get("serverName", ""))

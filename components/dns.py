@@ -37,7 +37,7 @@ def health_port(dns) -> int:
 
 
 def healthy(addresses: list[str], port: int, *, wait_seconds: float,
-            siblings: Optional[dict[str, str]] = None) -> list[str]:
+            siblings: Optional[dict[str, str]] = None, probe=tcp_probe) -> list[str]:
     """The node addresses that accept a TCP connection on `port`. At `up`, a node that refuses (it is there, its
     nginx is only starting after the config push) gets a few seconds; a node that does not answer at all is dead.
     `siblings` maps a node's IPv6 address to its IPv4 address."""
@@ -49,13 +49,13 @@ def healthy(addresses: list[str], port: int, *, wait_seconds: float,
     last: dict[str, str] = {}
     deadline = time.monotonic() + wait_seconds
     while pending:
-        probes = {a: tcp_probe(a, port) for a in pending}
+        probes = {a: probe(a, port) for a in pending}
         last.update(probes)
         ok += [a for a, r in probes.items() if r == "ok"]
         # A node whose IPv4 address answers (or refuses: nginx is starting) is alive: if its IPv6 address does not
         # answer yet, the address is new, so it is asked again rather than dropped. It is dropped with its IPv4
         # address when that one stops answering at all.
-        refused = [a for a, r in probes.items() if r == "refused"]
+        refused = [a for a, r in probes.items() if r in ("refused", "failing")]
         alive = set(ok) | set(refused)
         pending = refused + [a for a, r in probes.items() if r == "unreachable" and siblings.get(a) in alive]
         if not pending or time.monotonic() >= deadline:
@@ -146,11 +146,20 @@ class DnsLoadBalancer(pulumi.ComponentResource):
         # Records only for nodes that pass the health check when the program runs. At `up` the check waits for
         # the config files (a node is checked once its nginx is configured); a preview checks the nodes as they
         # are, so a config change alone does not make the records unknown.
+        # With an `https` check and the cluster's CA, a node is healthy when the API server answers `path` through it
+        # (TLS verified for the published name): the record then means a working endpoint, not an open port.
+        verify = lb.health_check.scheme == "https" and args.cluster_ca is not None and \
+            any(r.is_api_server for r in dns.roles)
+        probe_settings = pulumi.Output.from_input(args.cluster_ca).apply(lambda ca: {
+            "path": lb.health_check.http_path, "caCert": ca, "serverName": dns.fqdn.rstrip(".")}) if verify else \
+            pulumi.Output.from_input({})
         if pulumi.runtime.is_dry_run():
-            healthy_addresses = node_addresses.apply(lambda addrs: healthy(list(addrs), port, wait_seconds=0))
+            healthy_addresses = pulumi.Output.all(node_addresses, probe_settings).apply(
+                lambda v: healthy(list(v[0]), port, wait_seconds=0, probe=health.node_probe(v[1])))
         else:
-            healthy_addresses = pulumi.Output.all(node_addresses, configured, siblings).apply(
-                lambda v: healthy(list(v[0]), port, wait_seconds=8.0, siblings=v[2]))
+            after = args.ready_after if args.ready_after is not None else True
+            healthy_addresses = pulumi.Output.all(node_addresses, configured, siblings, probe_settings, after).apply(
+                lambda v: healthy(list(v[0]), port, wait_seconds=8.0, siblings=v[2], probe=health.node_probe(v[3])))
         tsig = pulumi.Output.secret({"name": dns.tsig.name.rstrip(".") + ".", "algorithm": dns.tsig.algorithm,
                                      "secret": dns.tsig.secret})
         self.records = DnsRecordSet(
@@ -188,13 +197,14 @@ class DnsLoadBalancer(pulumi.ComponentResource):
             kinds=("Exists", "Ready", "BackendsHealthy", "DNSResolvable"), after=args.ready_after)
         self.endpoint_hosts = node_addresses.apply(lambda addrs: [self_endpoint, *addrs])
         self.outputs = pulumi.Output.all(node_addresses, healthy_addresses, self.records.published,
-                                         self.status).apply(
+                                         self.status, probe_settings).apply(
             lambda v: {
                 "type": "dns",
                 "endpoint": f"{dns.fqdn.rstrip('.')}:{api_port}",
                 "fqdn": dns.fqdn,
                 "server": dns.server,
                 "healthPort": port,
+                "healthProbe": v[4],
                 "addresses": [a for a in v[0] if a],
                 "healthy": v[1],
                 "published": v[2],

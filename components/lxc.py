@@ -6,6 +6,7 @@ A backend change rewrites haproxy.cfg and reloads haproxy (master-worker, SIGUSR
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import pulumi
@@ -57,6 +58,7 @@ def haproxy_families(families, ipv4_binds=("0.0.0.0",)) -> list[dict]:
 
 
 CLUSTER_CA = "/etc/haproxy/cluster-ca.crt"
+BACKENDS_SETTLE_SECONDS = 10.0
 
 
 def render_haproxy(stack: str, lb: LoadBalancerSpec, backends: list[RenderedBackend],
@@ -193,8 +195,15 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
         def conditions(v) -> list[dict]:
             eps, states, rendered = v[0], v[1], v[2]
             running = sum(s == "Running" for s in states)
-            servers = health.haproxy_servers(facts.client, names[0], settle_seconds=5.0) if running else {}
             wanted = {b.name for b in rendered}
+            servers: dict = {}
+            # A server that just became ready is seen by haproxy's next check: wait a little (bounded) for it.
+            deadline = time.monotonic() + BACKENDS_SETTLE_SECONDS
+            while running:
+                servers = health.haproxy_servers(facts.client, names[0], settle_seconds=5.0)
+                if all(servers.get(n) for n in wanted) or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.5)
             return [
                 condition("Exists", running == len(states), "InstancesRunning" if running == len(states)
                           else "InstancesNotRunning", f"{running} of {len(states)} haproxy instances running"),
