@@ -95,6 +95,6 @@ def node_probe(settings: dict | None):
     """The probe of a `dns` proxy node as `up` and scripts/watch both use it: a TCP connect, or with `https`
     settings ({path, caCert, serverName}) the API server's readiness through the node, TLS verified."""
     if not settings or not settings.get("caCert"):
-        return tcp_probe
+        return None  # the caller's TCP probe
     return lambda address, port: https_probe(address, port, settings["path"], settings["caCert"],
                                              settings.get("serverName", ""))

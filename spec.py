@@ -357,8 +357,9 @@ class HealthCheckSpec(Model):
         "down, while its port still accepts); `http`: the same in plain HTTP. `https-healthz`/`http-healthz` are "
         "`https`/`http` with path `/healthz`."
     )
-    path: str = Field("/readyz", max_length=128, pattern=r"^/[A-Za-z0-9._~/?=&-]*$",
-                      description="Path of the `https`/`http` check (default `/readyz`, the API server's readiness).")
+    path: str = Field("/readyz", max_length=128, pattern=r"^/[A-Za-z0-9._/-]*$",
+                      description="Path of the `https`/`http` check (default `/readyz`, the API server's readiness): "
+                      "`/` then letters, digits, `.`, `_`, `/`, `-` (characters every rendered file takes as is).")
     interval_seconds: int = Field(2, alias="intervalSeconds", ge=1, le=3600)
     timeout_seconds: int = Field(2, alias="timeoutSeconds", ge=1, le=3600)
     rise: int = Field(2, ge=1, le=100, description="Consecutive successes before a backend is up.")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 import ssl
 import time
 import urllib.error
@@ -81,6 +82,18 @@ def apiserver_flags(address: str, spec: ControlPlaneSpec) -> list[str]:
         f"--shutdown-delay-duration={spec.shutdown_delay_seconds}s", "--shutdown-send-retry-after=true",
         "--profiling=false", "--v=1",
     ]
+
+
+_FLAG = re.compile(r"--[a-z0-9-]+=[A-Za-z0-9._:/,=@\[\]-]*")
+
+
+def render_flags(flags: list[str], path: str) -> str:
+    """A flags file (one flag a line, read by the service script as words): every flag is checked against that
+    grammar before it is written, so no value can add a flag or a word."""
+    for flag in flags:
+        if not _FLAG.fullmatch(flag):
+            raise ValueError(f"refusing to write {path}: a flag does not fit `--name=value` without spaces or quotes")
+    return "\n".join(flags) + "\n"
 
 
 def kubeconfig(cluster: str, server: str, ca: str, cert: str, key: str) -> str:
@@ -203,10 +216,11 @@ class ControlPlane(pulumi.ComponentResource):
                 push("etcd-pem", f"{PKI}/etcd.pem", pem("etcd"), secret=True, mode="0600"),
             ]
             push("etcd-args", ETCD_ARGS, pulumi.Output.all(inst.address, members).apply(
-                lambda v, node=node: "\n".join(etcd_flags(node, v[0], v[1], token)) + "\n"),
+                lambda v, node=node: render_flags(etcd_flags(node, v[0], v[1], token), ETCD_ARGS)),
                 reload=RESTART_ETCD, after=pki)
             push("apiserver-args", APISERVER_ARGS, inst.address.apply(
-                lambda a: "\n".join(apiserver_flags(a, spec)) + "\n"), reload=RESTART_APISERVER, after=pki)
+                lambda a: render_flags(apiserver_flags(a, spec), APISERVER_ARGS)), reload=RESTART_APISERVER,
+                after=pki)
 
         pushed = pulumi.Output.all(*[f.content_hash for f in files])
         if pulumi.runtime.is_dry_run():

@@ -37,7 +37,7 @@ def health_port(dns) -> int:
 
 
 def healthy(addresses: list[str], port: int, *, wait_seconds: float,
-            siblings: Optional[dict[str, str]] = None, probe=tcp_probe) -> list[str]:
+            siblings: Optional[dict[str, str]] = None, probe=None) -> list[str]:
     """The node addresses that accept a TCP connection on `port`. At `up`, a node that refuses (it is there, its
     nginx is only starting after the config push) gets a few seconds; a node that does not answer at all is dead.
     `siblings` maps a node's IPv6 address to its IPv4 address."""
@@ -49,7 +49,7 @@ def healthy(addresses: list[str], port: int, *, wait_seconds: float,
     last: dict[str, str] = {}
     deadline = time.monotonic() + wait_seconds
     while pending:
-        probes = {a: probe(a, port) for a in pending}
+        probes = {a: (probe or tcp_probe)(a, port) for a in pending}
         last.update(probes)
         ok += [a for a, r in probes.items() if r == "ok"]
         # A node whose IPv4 address answers (or refuses: nginx is starting) is alive: if its IPv6 address does not

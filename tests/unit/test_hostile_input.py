@@ -57,6 +57,10 @@ def lxc_ha() -> dict:
             "lxc": {"replicas": 2, "vip": "198.18.10.50", "authPass": "s3cr3t", "virtualRouterID": 60}}
 
 
+def lxc_https() -> dict:
+    return {**lxc_ha(), "healthCheck": {"mode": "https", "path": "/readyz"}}
+
+
 def keepalived() -> dict:
     return {"name": "api", "cluster": "demo", "type": "keepalived",
             "keepalived": {"mode": "ipvs", "vrrpInstances": [{
@@ -132,6 +136,7 @@ FIELDS = [
     Field("targets.addresses[0].address", lxc_ha, files_lxc, ["198.18.10.101", "198.18.11.7"]),
     Field("lxc.vip", lxc_ha, files_lxc, ["198.18.10.50", "198.18.10.51"]),
     Field("lxc.authPass", lxc_ha, files_lxc, ["s3cr3t", "a%^&*()b", "x_+=:,.<", "p/?-"]),
+    Field("healthCheck.path", lxc_https, files_lxc, ["/readyz", "/healthz", "/livez/ping"]),
     Field("keepalived.vrrpInstances[0].virtualIPs[0]", keepalived, files_keepalived,
           ["198.18.10.50/24", "198.18.10.50/32"]),
     Field("keepalived.vrrpInstances[0].interface", keepalived, files_keepalived, ["eth0", "ens3", "br-0.10"]),
@@ -273,10 +278,10 @@ def test_property_run_counted():
 def test_valid_odd_values_render_and_pass(baselines):
     """Values that are valid but look like syntax elsewhere: a YAML keyword as an image name, `%^&*()` in a VRRP
     password (keepalived reads them literally), both families in nginx."""
-    kind, files = outcome(FIELDS[16], "no")
+    kind, files = outcome(next(f for f in FIELDS if f.key == "external.kubeVip.image"), "no")
     assert kind == "rendered"
     pod = validate_manifest(files["yaml"])
     assert pod["spec"]["containers"][0]["image"] == "no"
-    kind, files = outcome(FIELDS[5], "a%^&*()b")
+    kind, files = outcome(next(f for f in FIELDS if f.key == "lxc.authPass"), "a%^&*()b")
     assert kind == "rendered" and "auth_pass a%^&*()b\n" in files["keepalived"]
     real_validator("keepalived", files["keepalived"])

@@ -57,3 +57,36 @@ def test_endpoint_change_is_an_update_under_the_same_ca(tmp_path):
     ca = ClusterCaProvider()
     assert not ca.diff("id", CA_OUTS, {"cluster": "demo"}).changes
     assert ca.diff("id", CA_OUTS, {"cluster": "other"}).replaces == ["cluster"]
+
+
+def test_flags_files_refuse_a_value_that_would_add_a_word():
+    import pytest
+
+    from components.control_plane import apiserver_flags, etcd_flags, render_flags
+    import spec
+
+    cp = spec.parse({"controlPlanes": [{"name": "cp", "cluster": "demo"}]}).control_planes[0]
+    text = render_flags(apiserver_flags("198.18.10.101", cp), "kube-apiserver.args")
+    assert "--service-cluster-ip-range=198.19.0.0/24\n" in text and "--shutdown-delay-duration=5s\n" in text
+    render_flags(etcd_flags("s-cp-1", "198.18.10.101", [("s-cp-1", "198.18.10.101")], "s-demo"), "etcd.args")
+    with pytest.raises(ValueError, match="does not fit"):
+        render_flags(apiserver_flags("198.18.10.101 --anonymous-auth=true", cp), "kube-apiserver.args")
+
+
+def test_control_plane_fields_are_checked():
+    import pytest
+
+    import spec
+
+    for bad, words in ([{"name": "cp", "cluster": "demo", "serviceCIDR": "198.19.0.1/24"}, "host bits"],
+                       [{"name": "cp", "cluster": "demo", "serviceCIDR": "198.19.0.0/24\n--x=y"}, "pattern"],
+                       [{"name": "cp", "cluster": "demo", "count": 9}, "less than or equal to 7"],
+                       [{"name": "Cp", "cluster": "demo"}, "pattern"]):
+        with pytest.raises(spec.SpecError) as exc:
+            spec.parse({"controlPlanes": [bad]})
+        assert "cplb:controlPlanes[0]" in str(exc.value) and words in str(exc.value), str(exc.value)
+    with pytest.raises(spec.SpecError, match="one control plane per cluster"):
+        spec.parse({"controlPlanes": [{"name": "a", "cluster": "demo"}, {"name": "b", "cluster": "demo"}]})
+    with pytest.raises(spec.SpecError, match="would both create the Incus instance"):
+        spec.parse({"controlPlanes": [{"name": "api-haproxy", "cluster": "demo", "count": 1}],
+                    "loadBalancers": [{"name": "api", "cluster": "demo", "type": "lxc"}]})
