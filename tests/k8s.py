@@ -25,7 +25,7 @@ def readyz_check(**over) -> dict:
 class Kubectl:
     """kubectl with the stack's kubeconfig (written 0600 to a temp dir), optionally to another server."""
 
-    def __init__(self, kubeconfig: str, server: Optional[str] = None):
+    def __init__(self, kubeconfig: str, server: Optional[str] = None, tls_server_name: Optional[str] = None):
         import yaml
 
         doc = yaml.safe_load(kubeconfig)
@@ -37,9 +37,11 @@ class Kubectl:
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(doc, f)
         self.server = doc["clusters"][0]["cluster"]["server"]
+        # The dns strategy: connect to an address the test resolved, verify the certificate for the name.
+        self.flags = [f"--tls-server-name={tls_server_name}"] if tls_server_name else []
 
     def run(self, *args: str, timeout: float = 30, stdin: Optional[str] = None) -> subprocess.CompletedProcess:
-        return subprocess.run([KUBECTL, "--kubeconfig", self.path, "--request-timeout=10s", *args],
+        return subprocess.run([KUBECTL, "--kubeconfig", self.path, "--request-timeout=10s", *self.flags, *args],
                               capture_output=True, text=True, timeout=timeout, input=stdin)
 
     def ok(self, *args: str, **kw) -> str:

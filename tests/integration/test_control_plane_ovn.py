@@ -76,9 +76,10 @@ def test_kubectl_through_dns_then_lxc_then_ovn_and_the_certificate_follows(stack
     kubeconfig = cluster_of(up)["kubeconfig"]
     name_only = fqdn.rstrip(".")
     for node in nodes:
-        kube = Kubectl(kubeconfig, server=f"{node}:6443")
+        kube = Kubectl(kubeconfig, server=f"{node}:6443", tls_server_name=name_only)
         try:
-            assert kube.ok("get", "--raw", "/readyz", f"--tls-server-name={name_only}").strip() == "ok"
+            assert kube.readyz() == "ok"
+            assert kube.configmap_roundtrip(f"cplb-dns-{node.replace('.', '-')}", node) == {"value": node}
         finally:
             kube.cleanup()
     kube = Kubectl(kubeconfig)
