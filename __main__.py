@@ -30,7 +30,9 @@ groups = {
 control_planes = {
     c.cluster: ControlPlane(c.name, ControlPlaneArgs(
         ctx=ctx, spec=c, field=f"cplb:controlPlanes[{i}]",
-        image_fingerprint=facts.image_fingerprint(f"cplb:controlPlanes[{i}].instance.image", c.instance.image)))
+        image_fingerprint=facts.image_fingerprint(f"cplb:controlPlanes[{i}].instance.image", c.instance.image),
+        bind_all=any(lb.cluster == c.cluster and lb.type == "external" and lb.external.kube_vip
+                     for lb in stack_spec.load_balancers)))
     for i, c in enumerate(stack_spec.control_planes)
 }
 # Instances this stack creates, with their declared labels, so selectors see them in the same `up`.

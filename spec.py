@@ -432,14 +432,15 @@ class KubeVipSpec(Model):
     vip: IpAddress = Field(description="The VIP kube-vip announces; must be the endpoint's host.")
     interface: str = Field("eth0", pattern=r"^[a-z][a-z0-9.-]{0,14}$")
     path: str = Field("/etc/kubernetes/manifests/kube-vip.yaml", pattern=r"^/[A-Za-z0-9._/-]+\.ya?ml$")
-    image: str = Field("ghcr.io/kube-vip/kube-vip:v0.8.9", max_length=255, pattern=IMAGE_REFERENCE_PATTERN,
+    image: str = Field("ghcr.io/kube-vip/kube-vip:v1.2.2", max_length=255, pattern=IMAGE_REFERENCE_PATTERN,
                        description="Image reference: [registry[:port]/]path[:tag][@digest].")
-    lease_duration_seconds: int = Field(5, alias="leaseDurationSeconds", ge=1, le=300,
-                                        description="vip_leaseduration (kube-vip default 5).")
-    renew_deadline_seconds: int = Field(3, alias="renewDeadlineSeconds", ge=1, le=300,
-                                        description="vip_renewdeadline (kube-vip default 3).")
-    retry_period_seconds: int = Field(1, alias="retryPeriodSeconds", ge=1, le=300,
-                                      description="vip_retryperiod (kube-vip default 1).")
+    lease_duration_seconds: int = Field(15, alias="leaseDurationSeconds", ge=1, le=300,
+                                        description="vip_leaseduration (kube-vip's default 15; kubeadm's HA guide "
+                                        "uses 5).")
+    renew_deadline_seconds: int = Field(10, alias="renewDeadlineSeconds", ge=1, le=300,
+                                        description="vip_renewdeadline (kube-vip's default 10; 3 with 5/3/1).")
+    retry_period_seconds: int = Field(2, alias="retryPeriodSeconds", ge=1, le=300,
+                                      description="vip_retryperiod (kube-vip's default 2; 1 with 5/3/1).")
 
     @model_validator(mode="after")
     def _timings(self):

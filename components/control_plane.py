@@ -35,6 +35,7 @@ from spec import ControlPlaneSpec
 PKI = "/etc/kubernetes/pki"
 ETCD_ARGS = "/etc/kubernetes/etcd.args"
 APISERVER_ARGS = "/etc/kubernetes/kube-apiserver.args"
+ADMIN_CONF = "/etc/kubernetes/admin.conf"
 # A changed flags file takes effect when the service restarts (busybox init respawns it with the new flags).
 RESTART_ETCD = ["sh", "-c", "killall etcd 2>/dev/null || true"]
 RESTART_APISERVER = ["sh", "-c", "killall kube-apiserver 2>/dev/null || true"]
@@ -47,6 +48,10 @@ class ControlPlaneArgs:
     spec: ControlPlaneSpec
     field: str
     image_fingerprint: str = ""
+    # kube-apiserver binds every address when kube-vip fronts the cluster (the VIP lands on the leader's eth0 and
+    # clients reach the API server there); otherwise the node's own address, so that the `keepalived` strategy's
+    # haproxy can bind VIP:6443 beside it.
+    bind_all: bool = False
 
 
 def etcd_flags(name: str, address: str, members: list[tuple[str, str]], token: str) -> list[str]:
@@ -64,11 +69,10 @@ def etcd_flags(name: str, address: str, members: list[tuple[str, str]], token: s
     ]
 
 
-def apiserver_flags(address: str, spec: ControlPlaneSpec) -> list[str]:
+def apiserver_flags(address: str, spec: ControlPlaneSpec, bind_all: bool = False) -> list[str]:
     return [
         f"--advertise-address={address}",
-        # The node's own address only: on `keepalived` nodes haproxy binds VIP:6443 beside it.
-        f"--bind-address={address}", "--secure-port=6443",
+        f"--bind-address={'0.0.0.0' if bind_all else address}", "--secure-port=6443",
         "--etcd-servers=https://127.0.0.1:2379", f"--etcd-cafile={PKI}/ca.crt",
         f"--etcd-certfile={PKI}/apiserver-etcd-client.pem", f"--etcd-keyfile={PKI}/apiserver-etcd-client.pem",
         f"--tls-cert-file={PKI}/apiserver.pem", f"--tls-private-key-file={PKI}/apiserver.pem",
@@ -219,8 +223,13 @@ class ControlPlane(pulumi.ComponentResource):
                 lambda v, node=node: render_flags(etcd_flags(node, v[0], v[1], token), ETCD_ARGS)),
                 reload=RESTART_ETCD, after=pki)
             push("apiserver-args", APISERVER_ARGS, inst.address.apply(
-                lambda a: render_flags(apiserver_flags(a, spec), APISERVER_ARGS)), reload=RESTART_APISERVER,
-                after=pki)
+                lambda a: render_flags(apiserver_flags(a, spec, self._args.bind_all), APISERVER_ARGS)),
+                reload=RESTART_APISERVER, after=pki)
+            # The admin kubeconfig at the path kubeadm uses, naming this node's own API server: what the kube-vip
+            # static pod mounts for its leader election.
+            push("admin-conf", ADMIN_CONF, pulumi.Output.all(inst.address, self.ca_cert, self.ca.certs, self.ca.keys)
+                 .apply(lambda v: kubeconfig(spec.cluster, f"{v[0]}:6443", v[1], v[2]["admin.crt"], v[3]["admin.key"])),
+                 secret=True, mode="0600")
 
         pushed = pulumi.Output.all(*[f.content_hash for f in files])
         if pulumi.runtime.is_dry_run():

@@ -8,6 +8,7 @@ PULUMI_VERSION=3.259.0
 # scripts/etcd-build pin these versions in their go.mod; a change there rebuilds).
 KUBE_VERSION=1.37.2
 ETCD_VERSION=3.7.3
+KUBE_VIP_VERSION=1.2.2
 # Project-wide Incus objects that setup creates (tests and stacks refer to them by these names).
 CPLB_POOL=${CPLB_POOL:-cplb}
 CPLB_BRIDGE=${CPLB_BRIDGE:-cplbbr0}

@@ -77,7 +77,7 @@ INVALID = [
                                                       "kubeVip": {"vip": "198.18.10.6"}})]},
      "cplb:loadBalancers[0].external", "must be the endpoint's host"),
     ({"loadBalancers": [lb(type="external", external={"endpoint": "198.18.10.5:6443",
-                                                      "kubeVip": {"vip": "198.18.10.5", "retryPeriodSeconds": 9}})]},
+                                                      "kubeVip": {"vip": "198.18.10.5", "retryPeriodSeconds": 12}})]},
      "cplb:loadBalancers[0].external.kubeVip", "leaseDurationSeconds > renewDeadlineSeconds"),
     ({"loadBalancers": [lb(type="oci", oci={"image": "Haproxy Latest"})]}, "cplb:loadBalancers[0].oci.image", "pattern"),
     ({"loadBalancers": [lb(ovn={"networkName": "n", "listenAddress": "198.18.20.200"})]},

@@ -1,0 +1,77 @@
+"""kube-vip for real: the `external` strategy's rendered static-pod manifest, run as rendered on the real control
+plane (cplb-static-pods runs what /etc/kubernetes/manifests declares: there is no kubelet in these instances).
+ARP mode, leader election through the Lease `plndr-cp-lock` in the real API server; kube-vip v1.2.2 built from Go
+modules by scripts/setup."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from tests.helpers import base_config, incus, instances_with_prefix, pulumi_stack, wait_for
+from tests.k8s import Kubectl, real_control_plane
+
+pytestmark = pytest.mark.integration
+CLUSTER = "itkv"
+
+
+def quiet(_):
+    pass
+
+
+def holders(prefix: str, vip: str) -> list[str]:
+    """The instances that have the VIP on eth0, read from Incus."""
+    return sorted(name for name, inst in instances_with_prefix(prefix).items()
+                  if vip in [a["address"] for a in ((inst.get("state") or {}).get("network") or {})
+                             .get("eth0", {}).get("addresses", [])])
+
+
+def single_holder(prefix: str, vip: str, settle: float = 3.0) -> list[str]:
+    """The holders, once the same set was seen twice `settle` seconds apart."""
+    while True:
+        first = holders(prefix, vip)
+        time.sleep(settle)
+        if holders(prefix, vip) == first:
+            return first
+
+
+def test_kube_vip_holds_the_vip_and_moves_it_when_the_holder_crashes():
+    vip = f"198.18.10.{random.randrange(2, 30)}"
+    balancer = {"name": "api", "cluster": CLUSTER, "type": "external",
+                "external": {"endpoint": f"{vip}:6443", "kubeVip": {
+                    "vip": vip, "leaseDurationSeconds": 5, "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}}}
+    config = base_config(controlPlanes=[real_control_plane("cp", CLUSTER)], loadBalancers=[balancer])
+    with pulumi_stack(config, prefix="kv") as (_project, name, stack):
+        up = stack.up(on_output=quiet)
+        prefix = f"{name}-cp-"
+        # The rendered manifest is what runs: it is in place on every node.
+        for n in (1, 2, 3):
+            rc, out, _ = incus().exec(f"{prefix}{n}", ["cat", "/etc/kubernetes/manifests/kube-vip.yaml"])
+            assert rc == 0 and f'"{vip}"' in out
+        assert wait_for(lambda: len(holders(prefix, vip)) == 1, 60), "no node took the VIP"
+        first = single_holder(prefix, vip)
+        assert len(first) == 1, f"VIP held by {first}"
+        kube = Kubectl(up.outputs["clusters"].value[CLUSTER]["kubeconfig"])
+        stopped = None
+        try:
+            assert kube.server == f"https://{vip}:6443"
+            assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 30), \
+                kube.run("get", "--raw", "/readyz").stderr
+            lease = kube.ok("get", "lease", "plndr-cp-lock", "-n", "kube-system", "-o",
+                            "jsonpath={.spec.holderIdentity}")
+            assert lease, "no kube-vip leader in the Lease"
+            # The holder crashes: another node takes the lease and the VIP, kubectl works again.
+            stopped = first[0]
+            incus().call("PUT", f"instances/{stopped}/state", json={"action": "stop", "force": True})
+            assert wait_for(lambda: holders(prefix, vip) not in ([], first), 60), "the VIP did not move"
+            after = single_holder(prefix, vip)
+            assert len(after) == 1 and after != first, after
+            assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 60), \
+                kube.run("get", "--raw", "/readyz").stderr
+            assert kube.configmap_roundtrip("cplb-kube-vip", after[0]) == {"value": after[0]}
+        finally:
+            kube.cleanup()
+            if stopped:
+                incus().call("PUT", f"instances/{stopped}/state", json={"action": "start"})
