@@ -230,3 +230,18 @@ def service_down(instance: str, service: str) -> None:
 
 def service_up(instance: str, service: str) -> None:
     incus().exec(instance, ["rm", "-f", f"/run/cplb-service.{service}.down"])
+
+
+@contextmanager
+def partition(instance: str):
+    """Cut an instance off its bridge from the host side, then restore it: its bridge port stops forwarding (STP
+    state disabled) while its link stays up, so the instance sees silence, not a dead interface (a true partition:
+    VRRP and leader election on both sides keep running)."""
+    import subprocess
+
+    veth = incus().get_instance(instance)["config"]["volatile.eth0.host_name"]
+    subprocess.run(["bridge", "link", "set", "dev", veth, "state", "0"], check=True)
+    try:
+        yield veth
+    finally:
+        subprocess.run(["bridge", "link", "set", "dev", veth, "state", "3"], check=True)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.helpers import http_get, incus, instances_with_prefix, pulumi_stack, wait_for
+from tests.helpers import http_get, incus, instances_with_prefix, partition, pulumi_stack, wait_for
 from tests.k8s import Kubectl
 
 pytestmark = pytest.mark.integration
@@ -201,6 +201,29 @@ def test_a_watch_survives_a_balancer_reload(k8s):
         stack.up(on_output=quiet)
 
 
+def vip_holders(prefix: str, vip: str) -> list[str]:
+    return sorted(n for n, inst in instances_with_prefix(prefix).items()
+                  if vip in [a["address"] for a in ((inst.get("state") or {}).get("network") or {})
+                             .get("eth0", {}).get("addresses", [])])
+
+
+def split_brain_heals(prefix: str, vip: str, advert_seconds: float):
+    """The VIP holder is cut off its network for 10 s (both sides then hold the VIP: a split brain), then comes
+    back. After three advert intervals (plus the time Incus takes to show addresses), exactly one holder."""
+    assert wait_for(lambda: len(vip_holders(prefix, vip)) == 1, 30), vip_holders(prefix, vip)
+    holder = vip_holders(prefix, vip)[0]
+    with partition(holder):
+        t0 = time.monotonic()
+        # The other side stops hearing adverts and takes the VIP too: a real split brain.
+        assert wait_for(lambda: len(vip_holders(prefix, vip)) == 2, 9), vip_holders(prefix, vip)
+        time.sleep(max(0.0, 10 - (time.monotonic() - t0)))
+    time.sleep(3 * advert_seconds + 2)
+    first = vip_holders(prefix, vip)
+    time.sleep(3)
+    assert vip_holders(prefix, vip) == first and len(first) == 1, f"after the partition: {first}"
+    print(f"\nsplit brain of {prefix}: {holder} cut off for 10 s; one holder after: {first[0]}")
+
+
 def switch_api_balancer(project, name, stack, **balancer):
     """Change the dev stack's control-plane balancer (x-api) as a user would, and `up`."""
     values = dev_stack_values()
@@ -228,6 +251,8 @@ def test_lxc_pair_with_a_vip_the_certificate_follows(k8s):
         assert kube.configmap_roundtrip("cplb-vip", vip) == {"value": vip}
         after = {n: i["config"]["volatile.uuid"] for n, i in instances_with_prefix(f"{name}-x-cp").items()}
         assert after == before, "a control-plane instance was replaced"
+        split_brain_heals(f"{name}-x-api-haproxy", vip, advert_seconds=1)
+        assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 30)
     finally:
         kube.cleanup()
 
@@ -251,5 +276,7 @@ def test_keepalived_on_the_control_plane_nodes(k8s):
         assert conds["Ready"]["status"] == "True" and conds["Exists"]["status"] == "True", conds
         counts = restart_all_under_load(up, vip, 6443)
         assert counts["ok"] > 500 and counts["failed"] == 0, counts
+        split_brain_heals(f"{name}-x-cp", vip, advert_seconds=1)
+        assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 30)
     finally:
         kube.cleanup()
