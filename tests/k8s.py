@@ -52,6 +52,13 @@ class Kubectl:
     def readyz(self) -> str:
         return self.ok("get", "--raw", "/readyz").strip()
 
+    def becomes_ready(self, seconds: float = 30) -> None:
+        """Wait (bounded) until `/readyz` through this kubeconfig's server says ok (a new endpoint, a moved VIP)."""
+        from tests.helpers import wait_for
+
+        assert wait_for(lambda: self.run("get", "--raw", "/readyz").stdout.strip() == "ok", seconds), \
+            self.run("get", "--raw", "/readyz").stderr
+
     def configmap_roundtrip(self, name: str, value: str) -> dict:
         manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"},
                     "data": {"value": value}}
@@ -66,7 +73,28 @@ class Kubectl:
 
 # --- steady load through an endpoint, counted as client-go counts -----------------------------------------------
 
-class ApiLoad:
+class Background:
+    """Threads that run until `stop_event` is set (or their own time bound); a context manager."""
+
+    threads: list
+    join_seconds = 15.0
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=self.join_seconds)
+        self.cleanup()
+
+    def cleanup(self):
+        pass
+
+
+class ApiLoad(Background):
     """Authenticated GETs through an endpoint while something happens behind it, counted as client-go would:
     - `fresh`: a new TLS connection every `interval` seconds (>= 20 requests/s at the default);
     - `kept`: one kept-alive connection, a request every `interval` seconds. A request on a reused connection that
@@ -191,17 +219,9 @@ class ApiLoad:
             conn = self._request(conn, reused=conn is not None)
             _time.sleep(self.interval)
 
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
+    def cleanup(self):
         import shutil
 
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(timeout=15)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -227,10 +247,12 @@ def rolling_restart(instances: list[str], addresses: list[str], ca_pem: str, tim
             _time.sleep(0.5)
 
 
-class WatchProbe:
+class WatchProbe(Background):
     """A ConfigMap watch through an endpoint while a writer creates a ConfigMap every `every` seconds. Records the
     arrival time of every event, and when the stream ends it is re-established from the last resourceVersion (as
     client-go's reflector does): `cuts` counts those."""
+
+    join_seconds = 70.0  # a watch read may wait up to its socket timeout
 
     def __init__(self, load: ApiLoad, prefix: str, every: float = 0.25, max_seconds: float = 180):
         import threading
@@ -299,12 +321,3 @@ class WatchProbe:
         times = [t for t in self.arrivals if t >= since]
         return max((b - a for a, b in zip(times, times[1:])), default=float("inf"))
 
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(timeout=70)

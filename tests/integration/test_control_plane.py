@@ -246,13 +246,12 @@ def test_lxc_pair_with_a_vip_the_certificate_follows(k8s):
     kube = kubectl_of(up)
     try:
         assert kube.server == f"https://{vip}:6443"
-        assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 30), \
-            kube.run("get", "--raw", "/readyz").stderr
+        kube.becomes_ready(30)
         assert kube.configmap_roundtrip("cplb-vip", vip) == {"value": vip}
         after = {n: i["config"]["volatile.uuid"] for n, i in instances_with_prefix(f"{name}-x-cp").items()}
         assert after == before, "a control-plane instance was replaced"
         split_brain_heals(f"{name}-x-api-haproxy", vip, advert_seconds=1)
-        assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 30)
+        kube.becomes_ready(30)
     finally:
         kube.cleanup()
 
@@ -268,8 +267,7 @@ def test_keepalived_on_the_control_plane_nodes(k8s):
     kube = kubectl_of(up)
     try:
         assert kube.server == f"https://{vip}:6443"
-        assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 30), \
-            kube.run("get", "--raw", "/readyz").stderr
+        kube.becomes_ready(30)
         assert kube.configmap_roundtrip("cplb-keepalived", vip) == {"value": vip}
         assert instances_with_prefix(f"{name}-x-api") == {}, "the lxc instances were not removed"
         conds = conditions(up)
@@ -277,6 +275,6 @@ def test_keepalived_on_the_control_plane_nodes(k8s):
         counts = restart_all_under_load(up, vip, 6443)
         assert counts["ok"] > 500 and counts["failed"] == 0, counts
         split_brain_heals(f"{name}-x-cp", vip, advert_seconds=1)
-        assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 30)
+        kube.becomes_ready(30)
     finally:
         kube.cleanup()

@@ -98,8 +98,7 @@ def test_kubectl_through_dns_then_lxc_then_ovn_and_the_certificate_follows(stack
     kube = Kubectl(cluster_of(up)["kubeconfig"])
     try:
         assert kube.server == f"https://{up.outputs['loadBalancers'].value['api']['endpoint']}"
-        assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 30), \
-            kube.run("get", "--raw", "/readyz").stderr
+        kube.becomes_ready(30)
     finally:
         kube.cleanup()
 
@@ -111,8 +110,7 @@ def test_kubectl_through_dns_then_lxc_then_ovn_and_the_certificate_follows(stack
     kube = Kubectl(cluster_of(up)["kubeconfig"])
     try:
         assert kube.server == f"https://{listen}:6443"
-        assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 30), \
-            kube.run("get", "--raw", "/readyz").stderr
+        kube.becomes_ready(30)
         assert kube.configmap_roundtrip("cplb-ovn", listen) == {"value": listen}
     finally:
         kube.cleanup()

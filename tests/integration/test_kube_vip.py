@@ -57,8 +57,7 @@ def test_kube_vip_holds_the_vip_and_moves_it_when_the_holder_crashes():
         stopped = None
         try:
             assert kube.server == f"https://{vip}:6443"
-            assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 30), \
-                kube.run("get", "--raw", "/readyz").stderr
+            kube.becomes_ready(30)
             lease = kube.ok("get", "lease", "plndr-cp-lock", "-n", "kube-system", "-o",
                             "jsonpath={.spec.holderIdentity}")
             assert lease, "no kube-vip leader in the Lease"
@@ -75,15 +74,14 @@ def test_kube_vip_holds_the_vip_and_moves_it_when_the_holder_crashes():
             settled = single_holder(prefix, vip)
             assert len(settled) == 1, f"after the partition the VIP is held by {settled}"
             first = settled
-            assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 30)
+            kube.becomes_ready(30)
             # The holder crashes: another node takes the lease and the VIP, kubectl works again.
             stopped = first[0]
             incus().call("PUT", f"instances/{stopped}/state", json={"action": "stop", "force": True})
             assert wait_for(lambda: holders(prefix, vip) not in ([], first), 60), "the VIP did not move"
             after = single_holder(prefix, vip)
             assert len(after) == 1 and after != first, after
-            assert wait_for(lambda: kube.run("get", "--raw", "/readyz").stdout.strip() == "ok", 60), \
-                kube.run("get", "--raw", "/readyz").stderr
+            kube.becomes_ready(60)
             assert kube.configmap_roundtrip("cplb-kube-vip", after[0]) == {"value": after[0]}
         finally:
             kube.cleanup()
