@@ -101,6 +101,10 @@ def test_kubectl_through_the_lxc_endpoint_with_tls_verified(k8s):
         state = project.state_text()
         key_b64 = kube_key_data(result)
         assert "PRIVATE KEY" not in state and key_b64 not in state
+        # Nor in what `up` printed, nor in a preview with diffs.
+        preview = stack.preview(diff=True, on_output=quiet).stdout
+        for text in (result.stdout, preview):
+            assert "PRIVATE KEY" not in text and key_b64 not in text
         stack_res = next(r for r in stack.export_stack().deployment["resources"] if r["type"] == "pulumi:pulumi:Stack")
         assert f"clusters.{CLUSTER}.kubeconfig" in secret_paths(stack_res["outputs"]), secret_paths(stack_res["outputs"])
     finally:
