@@ -82,7 +82,9 @@ class IncusClient:
         import pylxd  # imported here: provider modules must stay free of import-time work
 
         self.conn = conn
-        self._tmp: list[str] = []
+        # The client certificate, key and pinned server certificate as files (requests loads them by path for every
+        # new connection), in a private directory removed with the client or when the process exits.
+        self._tmpdir: Optional[str] = None
         try:
             if conn.remote:
                 cert = (self._tempfile(conn.client_cert), self._tempfile(conn.client_key))
@@ -121,11 +123,16 @@ class IncusClient:
         return session
 
     def _tempfile(self, pem: Optional[str]) -> str:
-        fd, path = tempfile.mkstemp(prefix="cplb-", suffix=".pem")
+        if self._tmpdir is None:
+            import shutil
+            import weakref
+
+            self._tmpdir = tempfile.mkdtemp(prefix="cplb-tls-")  # mode 0700
+            weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
+        fd, path = tempfile.mkstemp(prefix="cplb-", suffix=".pem", dir=self._tmpdir)
         with os.fdopen(fd, "w") as f:
             f.write(pem or "")
         os.chmod(path, 0o600)
-        self._tmp.append(path)
         return path
 
     # --- low level ---------------------------------------------------------------------------------

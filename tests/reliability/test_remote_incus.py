@@ -109,6 +109,14 @@ def test_remote_https_with_the_client_key_as_a_secret(https_incus):
                 assert line not in text, f"the Incus client key leaked into the {where}"
 
     assert not instances_with_prefix(name), "destroy over HTTPS left instances behind"
+    # The clients wrote the key to a private file for TLS; none is left behind once the runs are over.
+    import glob
+    import tempfile
+
+    left = [p for p in glob.glob(os.path.join(tempfile.gettempdir(), "cplb-*"), recursive=False)
+            for f in ([p] if os.path.isfile(p) else glob.glob(os.path.join(p, "*.pem")))
+            if key_body[:40] in open(f, errors="replace").read().replace("\n", "")]
+    assert left == [], f"the client key was left on disk: {left}"
 
 
 def test_an_untrusted_client_certificate_is_refused_at_preview(https_incus):
