@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 
 from facts import tcp_probe
+from spec import split_host_port
 from providers import haproxy_runtime
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
-    host, _, port = endpoint.rpartition(":")
-    return host.strip("[]"), int(port)
+    return split_host_port(endpoint)
 
 
 def endpoint_answers(endpoint: str, wait_seconds: float = 8.0) -> bool:

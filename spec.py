@@ -118,6 +118,12 @@ def _ip(value: str) -> str:
     return str(ip_object(value))
 
 
+def split_host_port(endpoint: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host without brackets, port), for text a pattern has already checked."""
+    host, _, port = endpoint.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def family_of(address: str) -> str:
     return "IPv6" if ":" in address else "IPv4"
 
@@ -458,11 +464,11 @@ class ExternalSpec(Model):
 
     @property
     def host(self) -> str:
-        return self.endpoint.rsplit(":", 1)[0].strip("[]")
+        return split_host_port(self.endpoint)[0]
 
     @property
     def port(self) -> int:
-        return int(self.endpoint.rsplit(":", 1)[1])
+        return split_host_port(self.endpoint)[1]
 
     @model_validator(mode="after")
     def _check(self):
@@ -719,11 +725,11 @@ class DnsSpec(Model):
 
     @property
     def server_host(self) -> str:
-        return self.server.rsplit(":", 1)[0].strip("[]")
+        return split_host_port(self.server)[0]
 
     @property
     def server_port(self) -> int:
-        return int(self.server.rsplit(":", 1)[1])
+        return split_host_port(self.server)[1]
 
     @model_validator(mode="after")
     def _check(self):

@@ -41,7 +41,7 @@ def check_command(lb, host: str) -> str:
                                              path=hc.http_path)
 
 
-def vrrp_view(lb, _unused: Optional[dict] = None) -> list[dict]:
+def vrrp_view(lb) -> list[dict]:
     """The VRRP instances as the template needs them (validated values only)."""
     out = []
     for i, vi in enumerate(lb.keepalived.vrrp_instances):
@@ -66,7 +66,7 @@ def render_node_conf(stack: str, lb, node: str, index: int, addresses: list[str]
     return render(
         "keepalived-node.conf.j2", stack=stack, lb_name=lb.name, node=node,
         check_script=Quoted(check or check_command(lb, addresses[index] if index < len(addresses) else "")),
-        priority=200 - 10 * min(index, 9), vrrp_instances=vrrp_view(lb, {}),
+        priority=200 - 10 * min(index, 9), vrrp_instances=vrrp_view(lb),
         virtual_servers=[vs.view(port.port) for vs in lb.keepalived.virtual_servers] if mode == "ipvs" else [],
         real_servers=[a for a in addresses if a],
     )

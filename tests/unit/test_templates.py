@@ -22,7 +22,7 @@ def keepalived_lb(**vrrp):
 def render_keepalived(lb, ipvs: bool, check: str = CHECKS["tcp"].format(host="127.0.0.1", port=6443)) -> str:
     return render("keepalived-node.conf.j2", stack="s", lb_name=lb.name, node="s-cp-1",
                   check_script=Quoted(check), priority=190,
-                  vrrp_instances=vrrp_view(lb, {}),
+                  vrrp_instances=vrrp_view(lb),
                   virtual_servers=[vs.view(6443) for vs in lb.keepalived.virtual_servers] if ipvs else [],
                   real_servers=["198.18.10.101", "198.18.10.102"])
 
