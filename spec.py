@@ -370,6 +370,12 @@ class HealthCheckSpec(Model):
     timeout_seconds: int = Field(2, alias="timeoutSeconds", ge=1, le=3600)
     rise: int = Field(2, ge=1, le=100, description="Consecutive successes before a backend is up.")
     fall: int = Field(3, ge=1, le=100, description="Consecutive failures before a backend is down.")
+    connect_timeout_milliseconds: int = Field(
+        250, alias="connectTimeoutMilliseconds", ge=10, le=60000,
+        description="How long the proxy waits for a backend to accept a connection before it marks that backend "
+        "down and sends the connection to another one. On a LAN a live server accepts in well under a "
+        "millisecond, so the default (250) is the time a crashed backend can cost a client, not a limit a live "
+        "one comes near; raise it for backends over a WAN.")
 
     @property
     def scheme(self) -> Optional[str]:

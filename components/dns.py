@@ -91,6 +91,7 @@ def render_nginx(stack: str, lb, rows: list[tuple[str, str, str]]) -> str:
             "proxy_protocol": r.settings.proxy_protocol, "sticky": r.settings.sticky_sessions,
         })
     return render("nginx-stream.conf.j2", stack=stack, lb_name=lb.name, roles=roles,
+                  connect_timeout_ms=lb.health_check.connect_timeout_milliseconds,
                   max_fails=lb.health_check.fall, fail_timeout=max(lb.health_check.interval_seconds, 1) * 5)
 
 

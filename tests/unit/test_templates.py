@@ -69,3 +69,34 @@ def test_haproxy_dual_stack_and_range_render_and_pass_haproxy_check(tmp_path):
     cfg.write_text(text)
     r = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_crashed_backend_is_marked_down_by_the_first_failed_connection(tmp_path):
+    """The fast-down options: one failed connection marks a server down (observe layer4), the connect timeout is
+    the LAN one from the stack config, checks speed up while failing; haproxy accepts them all."""
+    from components.lxc import RenderedBackend, render_haproxy
+
+    lb = spec.parse({"loadBalancers": [{"name": "api", "cluster": "demo", "type": "lxc",
+                                        "healthCheck": {"mode": "https", "intervalSeconds": 1, "rise": 1, "fall": 2,
+                                                        "connectTimeoutMilliseconds": 300}}]}).load_balancers[0]
+    text = render_haproxy("s", lb, [RenderedBackend("cp-1", "198.18.10.101", "")])
+    assert "timeout connect 300ms\n" in text
+    assert ("inter 1s fastinter 250ms rise 1 fall 2 observe layer4 error-limit 1 on-error mark-down\n" in text), text
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text)
+    r = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_dns_proxy_uses_the_stack_connect_timeout(tmp_path):
+    from components.dns import render_nginx
+
+    from tests.unit.test_spec import dns
+
+    s = spec.parse({"loadBalancers": [{**dns(), "healthCheck": {"connectTimeoutMilliseconds": 400}}]})
+    text = render_nginx("s", s.load_balancers[0], [("api", "198.18.10.101", "")])
+    assert "proxy_connect_timeout 400ms;" in text, text
+    cfg = tmp_path / "nginx.conf"
+    cfg.write_text(text)
+    r = subprocess.run(["nginx", "-t", "-c", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
