@@ -392,7 +392,43 @@ class StatsSpec(Model):
     port: Port = 8404
 
 
-class LxcSpec(Model):
+class VrrpAdvert(Model):
+    """The VRRP advertisement interval, shared by the `lxc` pair and the `keepalived` strategy."""
+
+    advert_interval_seconds: float = Field(
+        1, alias="advertIntervalSeconds", ge=0.01, le=255,
+        description="VRRP advertisement interval, 0.01-255 s with at most two decimals (keepalived's range); "
+        "fractional values need VRRP version 3 (no authentication).")
+
+    @property
+    def needs_v3(self) -> bool:
+        return not float(self.advert_interval_seconds).is_integer()
+
+    @property
+    def advert_int_text(self) -> str:
+        """Plain decimal, never exponent form (keepalived reads `1e-02` as 1)."""
+        v = Decimal(str(self.advert_interval_seconds)).quantize(Decimal("0.01"))
+        return str(int(v)) if v == v.to_integral_value() else format(v.normalize(), "f")
+
+    @field_validator("advert_interval_seconds")
+    @classmethod
+    def _two_decimals(cls, value: float) -> float:
+        try:
+            exponent = Decimal(str(value)).normalize().as_tuple().exponent
+        except InvalidOperation:
+            raise ValueError("advertIntervalSeconds must be a number") from None
+        if not isinstance(exponent, int) or exponent < -2:
+            raise ValueError(f"advertIntervalSeconds {show(value)} has more than two decimals (keepalived counts "
+                             "in hundredths of a second)")
+        return value
+
+    def _check_auth(self, auth_pass) -> None:
+        if self.needs_v3 and auth_pass:
+            raise ValueError("a fractional advertIntervalSeconds needs VRRP version 3, which has no authentication: "
+                             "drop authPass or use whole seconds")
+
+
+class LxcSpec(VrrpAdvert):
     """`type: lxc`: haproxy in Incus system containers; with replicas > 1 they share a VIP by VRRP."""
 
     replicas: int = Field(1, ge=1, le=9)
@@ -414,6 +450,7 @@ class LxcSpec(Model):
     def _vip_for_ha(self):
         if self.replicas > 1 and not self.vip:
             raise ValueError("replicas > 1 needs `vip`: an address on the bridge's subnet outside its DHCP range")
+        self._check_auth(self.auth_pass)
         return self
 
 
@@ -513,17 +550,13 @@ def _cidr(value: str) -> str:
 Cidr = Annotated[str, AfterValidator(_cidr)]
 
 
-class VrrpInstanceSpec(Model):
+class VrrpInstanceSpec(VrrpAdvert):
     """One VRRP instance (k0s `vrrpInstances[]`): the VIPs the control-plane nodes share."""
 
     virtual_ips: list[Cidr] = Field(alias="virtualIPs", min_length=1, description="VIPs as CIDRs.")
     interface: str = Field("eth0", pattern=r"^[a-z][a-z0-9.-]{0,14}$", description="Node interface.")
     virtual_router_id: Optional[int] = Field(None, alias="virtualRouterID", ge=1, le=255,
                                              description="1-255; default 51 + the instance's index.")
-    advert_interval_seconds: float = Field(
-        1, alias="advertIntervalSeconds", ge=0.01, le=255,
-        description="VRRP advertisement interval, 0.01-255 s with at most two decimals (keepalived's range); "
-        "fractional values need VRRP version 3 (no authentication).")
     auth_pass: Optional[str] = Field(
         None, alias="authPass", min_length=1, max_length=8, pattern=AUTH_PASS_PATTERN,
         description="1-8 characters (longer is an error, not a silent truncation); set it as a Pulumi secret.")
@@ -533,35 +566,11 @@ class VrrpInstanceSpec(Model):
     def router_id(self, index: int) -> int:
         return self.virtual_router_id or 51 + index
 
-    @property
-    def needs_v3(self) -> bool:
-        return not float(self.advert_interval_seconds).is_integer()
-
-    @property
-    def advert_int_text(self) -> str:
-        """Plain decimal, never exponent form (keepalived reads `1e-02` as 1)."""
-        v = Decimal(str(self.advert_interval_seconds)).quantize(Decimal("0.01"))
-        return str(int(v)) if v == v.to_integral_value() else format(v.normalize(), "f")
-
-    @field_validator("advert_interval_seconds")
-    @classmethod
-    def _two_decimals(cls, value: float) -> float:
-        try:
-            exponent = Decimal(str(value)).normalize().as_tuple().exponent
-        except InvalidOperation:
-            raise ValueError("advertIntervalSeconds must be a number") from None
-        if not isinstance(exponent, int) or exponent < -2:
-            raise ValueError(f"advertIntervalSeconds {show(value)} has more than two decimals (keepalived counts "
-                             "in hundredths of a second)")
-        return value
-
     @model_validator(mode="after")
     def _check(self):
         if len(self.virtual_ips) != len(set(self.virtual_ips)):
             raise ValueError("virtualIPs has duplicates")
-        if self.needs_v3 and self.auth_pass:
-            raise ValueError("a fractional advertIntervalSeconds needs VRRP version 3, which has no authentication: "
-                             "drop authPass or use whole seconds")
+        self._check_auth(self.auth_pass)
         if bool(self.unicast_peers) != bool(self.unicast_source_ip):
             raise ValueError("unicastPeers and unicastSourceIP go together")
         families = {family_of(v.split("/")[0]) for v in self.virtual_ips}

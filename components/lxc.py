@@ -88,7 +88,7 @@ def render_vrrp_pair(stack: str, lb: LoadBalancerSpec, router_id: str, priority:
         stack=stack, lb_name=lb.name, router_id=router_id,
         monitor_port=MONITOR_PORT, instance_name=f"VI_{lb.name.replace('-', '_')}",
         interface="eth0", virtual_router_id=lxc.virtual_router_id,
-        priority=priority, auth_pass=lxc.auth_pass, vip=lxc.vip, prefix_len=prefix_len,
+        priority=priority, auth_pass=lxc.auth_pass, advert_int=lxc.advert_int_text, version3=lxc.needs_v3, vip=lxc.vip, prefix_len=prefix_len,
     )
 
 

@@ -100,3 +100,17 @@ def test_the_dns_proxy_uses_the_stack_connect_timeout(tmp_path):
     cfg.write_text(text)
     r = subprocess.run(["nginx", "-t", "-c", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("advert,expect", [(1, "advert_int 1\n"), (0.05, "version 3\n    advert_int 0.05\n")])
+def test_the_lxc_pair_takes_its_advert_interval_and_keepalived_accepts_it(tmp_path, advert, expect):
+    from components.lxc import render_vrrp_pair
+
+    lb = spec.parse({"loadBalancers": [{"name": "api", "cluster": "demo", "type": "lxc", "lxc": {
+        "replicas": 2, "vip": "198.18.10.9", "advertIntervalSeconds": advert}}]}).load_balancers[0]
+    text = render_vrrp_pair("s", lb, "s-api-1", 150, 24)
+    assert expect in text, text
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text(text.replace("/bin/wget", "/bin/true").replace("dev eth0", "dev lo"))
+    r = subprocess.run(["keepalived", "-t", "-f", str(conf)], capture_output=True, text=True)
+    assert "advert" not in r.stdout + r.stderr and "version" not in r.stdout + r.stderr, r.stdout + r.stderr
