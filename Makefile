@@ -35,7 +35,11 @@ unit:
 	@.venv/bin/python -m pytest -q tests/unit
 
 # Benchmarks print their figures and append them, dated, to docs/benchmarks.md.
+# bench/failover.py: one harness, every strategy, the real control plane (BENCH_FLAGS=--quick for 3 runs per cell);
+# then the false-failover soak that picked the recommended VRRP advert interval.
 bench: setup
+	@.venv/bin/python bench/failover.py --record $(BENCH_FLAGS)
+	@.venv/bin/python bench/failover.py --soak 600 --record
 	@.venv/bin/python bench/lxc.py --record
 	@.venv/bin/python bench/ovn.py --record
 	@.venv/bin/python bench/keepalived.py --record

@@ -17,6 +17,10 @@ try:
                        ipv6=any("IPv6" in lb.ip_families for lb in stack_spec.load_balancers))
     facts = Facts(stack_spec.incus)
     strategies.check_all(ctx, stack_spec, facts)  # names, extensions, VIPs: before anything is registered
+    if stack_spec.kubernetes.publish and stack_spec.kubernetes.kubeconfig:
+        from facts import kubernetes_access
+
+        kubernetes_access("cplb:kubernetes.kubeconfig", stack_spec.kubernetes.kubeconfig)
 except (spec.SpecError, ValueError, IncusError) as exc:
     raise pulumi.RunError(str(exc)) from None
 
@@ -71,6 +75,18 @@ for c in stack_spec.control_planes:
         pulumi.Output.all(*hosts).apply(lambda v: [h for hs in v for h in hs]),
         balancers[front.name].endpoint if front else control_planes[c.cluster].addresses.apply(
             lambda a: f"{a[0]}:6443"))
+
+# Each balancer published into the cluster it serves, through the cluster's balanced endpoint.
+if stack_spec.kubernetes.publish:
+    from components.publish import Publication, PublicationArgs, Published
+
+    for cluster in sorted({lb.cluster for lb in stack_spec.load_balancers}):
+        access = (control_planes[cluster].kubeconfig if cluster in control_planes
+                  else pulumi.Output.secret(stack_spec.kubernetes.kubeconfig))
+        Publication(f"{cluster}-publish", PublicationArgs(
+            stack=ctx.stack, cluster=cluster, kubeconfig=access,
+            balancers=[Published(lb, balancers[lb.name].outputs, balancers[lb.name].routing, balancers[lb.name])
+                       for lb in stack_spec.load_balancers if lb.cluster == cluster]))
 
 pulumi.export("clusters", {
     cluster: {"controlPlane": cp.names, "addresses": cp.addresses, "kubeconfig": cp.kubeconfig}

@@ -7,6 +7,7 @@ diff shows control-plane instances coming and going.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -214,3 +215,58 @@ class Facts:
             if ipaddress.ip_address(lo) <= addr <= ipaddress.ip_address(hi or lo):
                 raise ValueError(f"{field}: {vip} is inside {network}'s DHCP range {rng}; pick an address outside it")
         return iface.network.prefixlen
+
+
+def kubernetes_access(field: str, kubeconfig: str, timeout: float = 5.0) -> None:
+    """Read-only check of a cluster's kubeconfig before anything is created: its server answers over TLS verified
+    against the kubeconfig's CA, and its credentials authenticate (`GET /api`: 401 means they do not). Errors name
+    `field` and never the kubeconfig's content (it is a secret)."""
+    import base64
+    import http.client
+    import shutil
+    import ssl
+    import tempfile
+    import urllib.parse
+
+    import yaml
+
+    doc = yaml.safe_load(kubeconfig)
+    cluster = doc["clusters"][0].get("cluster") or {}
+    user = (doc["users"][0] or {}).get("user") or {}
+    url = urllib.parse.urlsplit(cluster["server"])
+    ca = cluster.get("certificate-authority-data")
+    ctx = ssl.create_default_context(cadata=base64.b64decode(ca).decode() if ca else None)
+    headers = {"Authorization": f"Bearer {user['token']}"} if user.get("token") else {}
+    private = tempfile.mkdtemp(prefix="cplb-kube-")  # 0700; ssl takes a client key from a file only
+    try:
+        if user.get("client-certificate-data") and user.get("client-key-data"):
+            cert, key = f"{private}/cert.pem", f"{private}/key.pem"
+            for path, data in ((cert, user["client-certificate-data"]), (key, user["client-key-data"])):
+                with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+                    f.write(base64.b64decode(data))
+            try:
+                ctx.load_cert_chain(cert, key)
+            except (ssl.SSLError, ValueError):
+                raise ValueError(f"{field}: the kubeconfig's client-certificate-data and client-key-data are not a "
+                                 "certificate and its key") from None
+        conn = http.client.HTTPSConnection(url.hostname, url.port or 443, context=ctx, timeout=timeout)
+        try:
+            conn.request("GET", "/api", headers=headers)
+            response = conn.getresponse()
+            status, body = response.status, response.read(4096)
+        finally:
+            conn.close()
+    except ssl.SSLCertVerificationError:
+        raise ValueError(f"{field}: the cluster's certificate does not verify against the kubeconfig's "
+                         "certificate-authority-data") from None
+    except (OSError, ssl.SSLError, ValueError, http.client.HTTPException) as exc:
+        raise ValueError(f"{field}: the kubeconfig's server cannot be reached ({type(exc).__name__}); nothing "
+                         "was created") from None
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    # Credentials the server cannot verify may leave the request anonymous, which /api refuses with 403.
+    if status == 401 or (status == 403 and b"system:anonymous" in body):
+        raise ValueError(f"{field}: the cluster refused the kubeconfig's credentials (401 Unauthorized); nothing "
+                         "was created")
+    if status >= 500:
+        raise ValueError(f"{field}: the cluster answered {status}; nothing was created")

@@ -29,7 +29,7 @@ from pydantic import (
 
 NAMESPACE = "cplb"
 #: Top-level config keys of the namespace, each a field of StackSpec (by alias).
-TOP_LEVEL_KEYS = ("incus", "instanceGroups", "controlPlanes", "loadBalancers")
+TOP_LEVEL_KEYS = ("incus", "instanceGroups", "controlPlanes", "loadBalancers", "kubernetes")
 #: Strategies the schema knows, and the ones this version can build.
 STRATEGIES = ("lxc", "oci", "ovn", "keepalived", "dns", "external")
 IMPLEMENTED_STRATEGIES = ("lxc", "oci", "ovn", "external", "keepalived", "dns")
@@ -941,8 +941,49 @@ class LoadBalancerSpec(Model):
         return TargetsSpec(selector=Selector(matchLabels=labels))
 
 
+def _kubeconfig(value: str) -> str:
+    """A kubeconfig with one usable context: parsed as YAML, never echoed (it holds credentials)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ValueError("is not YAML (a kubeconfig file's content)") from None
+    if not isinstance(doc, dict) or doc.get("kind", "Config") != "Config":
+        raise ValueError("is not a kubeconfig (kind: Config)")
+    for key in ("clusters", "users"):
+        if not isinstance(doc.get(key), list) or not doc[key]:
+            raise ValueError(f"has no `{key}`")
+    server = (doc["clusters"][0] or {}).get("cluster", {}).get("server", "")
+    if not isinstance(server, str) or not re.fullmatch(r"https://[A-Za-z0-9.:\[\]-]+(:[0-9]{1,5})?/?", server):
+        raise ValueError("names no `https://host:port` server in its first cluster")
+    return value
+
+
+class KubernetesSpec(Model):
+    """`kubernetes`: each balancer published, through its own endpoint, into the cluster it serves, as the custom
+    resources `LoadBalancer` and `LoadBalancerRouting` (cplb.incus.dev/v1alpha1, namespace kube-system)."""
+
+    publish: bool = Field(False, description="Publish every balancer into its cluster (the cluster's control plane "
+                          "in this stack, or `kubeconfig`).")
+    kubeconfig: Optional[Annotated[str, AfterValidator(_kubeconfig)]] = Field(
+        None, max_length=65536,
+        description="Kubeconfig of `cluster` when its control plane is not in this stack. A Pulumi secret: set it "
+        "with `pulumi config set --secret --path kubernetes.kubeconfig < file`.")
+    cluster: Optional[DnsLabel] = Field(None, description="The cluster (a balancer's `cluster`) that `kubeconfig` "
+                                        "reaches.")
+
+    @model_validator(mode="after")
+    def _pair(self):
+        if bool(self.kubeconfig) != bool(self.cluster):
+            raise ValueError("`kubeconfig` and `cluster` go together: the kubeconfig of a cluster whose control "
+                             "plane is not in this stack")
+        return self
+
+
 class StackSpec(Model):
     incus: IncusSpec = Field(default_factory=IncusSpec)
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
     instance_groups: list[InstanceGroupSpec] = Field(default_factory=list, alias="instanceGroups")
     control_planes: list[ControlPlaneSpec] = Field(default_factory=list, alias="controlPlanes")
     load_balancers: list[LoadBalancerSpec] = Field(default_factory=list, alias="loadBalancers")
@@ -983,6 +1024,17 @@ class StackSpec(Model):
         clusters = [c.cluster for c in self.control_planes]
         if len(clusters) != len(set(clusters)):
             raise ValueError("controlPlanes: one control plane per cluster")
+        k8s = self.kubernetes
+        if k8s.cluster and k8s.cluster in clusters:
+            raise ValueError(f"kubernetes.cluster {k8s.cluster!r} has its control plane in this stack: its "
+                             "kubeconfig comes from there; drop kubernetes.kubeconfig")
+        if k8s.cluster and k8s.cluster not in {lb.cluster for lb in self.load_balancers}:
+            raise ValueError(f"kubernetes.cluster {k8s.cluster!r} is no balancer's cluster")
+        if k8s.publish:
+            lost = sorted({lb.cluster for lb in self.load_balancers} - set(clusters) - {k8s.cluster})
+            if lost:
+                raise ValueError(f"kubernetes.publish: cluster {lost[0]!r} has no control plane in this stack; give "
+                                 "its kubeconfig in kubernetes.kubeconfig (and kubernetes.cluster)")
         owners: dict[str, str] = {}
         for name, key in self.incus_names():
             if name in owners:

@@ -5,6 +5,8 @@ export PATH="$TOOLS/bin:$PATH"
 export PULUMI_HOME="${PULUMI_HOME:-$ROOT/.state/pulumi-home}"
 export PULUMI_BACKEND_URL="${PULUMI_BACKEND_URL:-file://$ROOT/.state/backend}"
 export PULUMI_SKIP_UPDATE_CHECK=1
+# Plugins come from scripts/setup (built from Go modules), never downloaded behind the user's back.
+export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
 export PULUMI_DIY_BACKEND_NO_LEGACY_WARNING=1
 mkdir -p "$ROOT/.state/backend" "$PULUMI_HOME"
 

@@ -9,6 +9,9 @@ PULUMI_VERSION=3.259.0
 KUBE_VERSION=1.37.2
 ETCD_VERSION=3.7.3
 KUBE_VIP_VERSION=1.2.2
+# The Pulumi Kubernetes provider plugin (scripts/kubernetes-provider-build pins the commit of this release) and its
+# Python SDK (requirements.txt): the same version.
+KUBERNETES_PROVIDER_VERSION=4.25.0
 # Project-wide Incus objects that setup creates (tests and stacks refer to them by these names).
 CPLB_POOL=${CPLB_POOL:-cplb}
 CPLB_BRIDGE=${CPLB_BRIDGE:-cplbbr0}

@@ -73,6 +73,7 @@ class ProjectCopy:
             "PULUMI_BACKEND_URL": f"file://{self.dir}/.backend",
             "PULUMI_CONFIG_PASSPHRASE": "incus-cplb-test",
             "PULUMI_SKIP_UPDATE_CHECK": "1",
+            "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
             "PULUMI_DIY_BACKEND_NO_LEGACY_WARNING": "1",
         }
 
@@ -245,3 +246,23 @@ def partition(instance: str):
         yield veth
     finally:
         subprocess.run(["bridge", "link", "set", "dev", veth, "state", "3"], check=True)
+
+
+def neighbour_mac(address: str) -> str:
+    """The MAC the host sends `address`'s packets to (its neighbour entry), '' when it has none."""
+    import subprocess
+
+    out = subprocess.run(["ip", "neigh", "show", address], capture_output=True, text=True).stdout.split()
+    return out[out.index("lladdr") + 1] if "lladdr" in out else ""
+
+
+def clients_reach_only(holder: str, vip: str, port: int = 6443) -> bool:
+    """After a split brain healed: the host's neighbour entry for the VIP names the holder's MAC, so no client
+    request goes to a node that no longer holds the VIP (its kernel would drop it, or worse, answer it)."""
+    import socket
+
+    try:  # a connection first, so the host has resolved the VIP (the entry is what this request used)
+        socket.create_connection((vip, port), timeout=2).close()
+    except OSError:
+        pass
+    return neighbour_mac(vip) == incus().get_instance(holder)["config"].get("volatile.eth0.hwaddr")

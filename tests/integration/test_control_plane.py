@@ -15,11 +15,14 @@ import time
 
 import pytest
 
-from tests.helpers import http_get, incus, instances_with_prefix, partition, pulumi_stack, wait_for
+from tests.helpers import (
+    clients_reach_only, http_get, incus, instances_with_prefix, neighbour_mac, partition, pulumi_stack, wait_for,
+)
 from tests.k8s import Kubectl
 
 pytestmark = pytest.mark.integration
 CLUSTER = "itk8s"
+FIRST_PREVIEW: dict = {}  # the k8s fixture's preview before its first `up`
 
 
 def quiet(_):
@@ -48,6 +51,7 @@ def k8s():
     if not os.path.exists(os.path.join(os.path.dirname(__file__), "..", "..", ".tools", "bin", "kube-apiserver")):
         pytest.fail("kube-apiserver is missing: scripts/setup builds it")
     with pulumi_stack(dev_stack_values(), prefix="k8s") as (project, name, stack):
+        FIRST_PREVIEW["text"] = stack.preview(diff=True, on_output=quiet).stdout
         result = stack.up(on_output=quiet)
         yield project, name, stack, result
 
@@ -143,6 +147,158 @@ def test_one_control_plane_instance_powered_off(k8s):
     assert conds["BackendsHealthy"]["status"] == "True" and "3 of 3" in conds["BackendsHealthy"]["message"], conds
 
 
+# --- publishing (components/publish.py): the dev stack has kubernetes.publish on ---------------------------------
+
+def published(kube: Kubectl, stack_name: str) -> dict:
+    """The stack's LoadBalancer and LoadBalancerRouting objects in its cluster, by kind and name."""
+    items = json.loads(kube.ok("get", "loadbalancers,loadbalancerroutings", "-A", "-o", "json"))["items"]
+    out: dict = {"LoadBalancer": {}, "LoadBalancerRouting": {}}
+    for item in items:
+        if item["metadata"].get("labels", {}).get("cplb.incus.dev/stack") == stack_name:
+            out[item["kind"]][item["metadata"]["name"]] = item
+    return out
+
+
+def test_each_balancer_is_published_in_its_cluster(k8s):
+    """`kubectl get loadbalancers,loadbalancerroutings -A -o json` (through the balancer's own endpoint) matches the
+    stack outputs: endpoint, conditions, backend names, Incus uuids; the printer columns show them."""
+    _project, name, _stack, result = k8s
+    kube = kubectl_of(result)
+    try:
+        objects = published(kube, name)
+        outputs = result.outputs["loadBalancers"].value
+        assert set(objects["LoadBalancer"]) == set(outputs) == {"x-api", "x-ingress"}
+        assert set(objects["LoadBalancerRouting"]) == set(outputs)
+        for lb_name, obj in objects["LoadBalancer"].items():
+            out = outputs[lb_name]
+            assert obj["metadata"]["namespace"] == "kube-system"
+            assert obj["spec"]["type"] == "lxc" and obj["status"]["endpoint"] == out["endpoint"]
+            assert obj["status"]["conditions"] == out["status"]["conditions"]
+            routing = objects["LoadBalancerRouting"][lb_name]
+            expected = result.outputs["routing"].value[lb_name]["destinations"]
+            assert [(d["name"], d["uid"], d["address"], d["port"], d["family"]) for d in routing["destinations"]] == \
+                [(d["name"], d["uuid"], d["address"], d["port"], d["family"]) for d in expected]
+            for d in routing["destinations"]:
+                assert incus().get_instance(d["name"])["config"]["volatile.uuid"] == d["uid"]
+            assert routing["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+        api = objects["LoadBalancer"]["x-api"]
+        assert api["spec"]["role"] == "control-plane" and api["status"]["backends"] == "3 of 3"
+        table = kube.ok("get", "loadbalancers", "-n", "kube-system").splitlines()
+        assert table[0].split() == ["NAME", "TYPE", "ENDPOINT", "READY", "BACKENDS", "AGE"], table[0]
+        row = next(line for line in table if line.startswith("x-api "))
+        assert outputs["x-api"]["endpoint"] in row and " True " in row and "3 of 3" in row, row
+    finally:
+        kube.cleanup()
+
+
+def test_the_first_preview_shows_the_kubernetes_resources_and_no_secret(k8s):
+    _project, _name, _stack, result = k8s
+    text = FIRST_PREVIEW["text"]
+    for kind in ("kubernetes:cplb.incus.dev/v1alpha1:LoadBalancer", "kubernetes:cplb.incus.dev/v1alpha1:LoadBalancerRouting",
+                 "kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition", "pulumi:providers:kubernetes"):
+        assert kind in text, kind
+    assert "PRIVATE KEY" not in text and kube_key_data(result) not in text
+
+
+def test_a_stopped_api_server_shows_in_the_published_status(k8s):
+    """kube-apiserver stopped on one node (the instance stays up, so `up` does not restart anything), then `up`:
+    the LoadBalancer shows BackendsHealthy False, "2 of 3", and so does the printer column."""
+    import health
+    from facts import Facts
+    from spec import IncusSpec
+
+    _project, name, stack, result = k8s
+    victim = f"{name}-x-cp-2"
+    client = incus()
+    client.exec(victim, ["touch", "/run/cplb-service.kube-apiserver.down"])
+    client.exec(victim, ["killall", "-TERM", "kube-apiserver"])
+    kube = kubectl_of(result)
+    try:
+        assert wait_for(lambda: client.exec(victim, ["pidof", "kube-apiserver"])[0] != 0, 60)
+        servers = Facts(IncusSpec(socket="/var/lib/incus/unix.socket")).client
+        assert wait_for(lambda: sum(health.haproxy_servers(servers, f"{name}-x-api-haproxy-1").values()) == 2, 30)
+        up = stack.up(on_output=quiet)
+        conds = conditions(up)
+        assert conds["BackendsHealthy"]["status"] == "False" and "2 of 3" in conds["BackendsHealthy"]["message"]
+        obj = json.loads(kube.ok("get", "loadbalancer", "x-api", "-n", "kube-system", "-o", "json"))
+        healthy = next(c for c in obj["status"]["conditions"] if c["type"] == "BackendsHealthy")
+        assert healthy["status"] == "False" and obj["status"]["backends"] == "2 of 3", obj["status"]
+        row = next(line for line in kube.ok("get", "loadbalancers", "-n", "kube-system").splitlines()
+                   if line.startswith("x-api "))
+        assert "2 of 3" in row, row
+    finally:
+        client.exec(victim, ["rm", "-f", "/run/cplb-service.kube-apiserver.down"])
+        kube.cleanup()
+    from components.control_plane import readyz
+
+    address = dict(zip(result.outputs["clusters"].value[CLUSTER]["controlPlane"],
+                       result.outputs["clusters"].value[CLUSTER]["addresses"]))[victim]
+    assert wait_for(lambda: readyz(address, cluster_ca(result)), 120, 1)
+    assert "3 of 3" in conditions(stack.up(on_output=quiet))["BackendsHealthy"]["message"]
+
+
+def test_a_removed_balancer_loses_its_objects_and_destroy_removes_them_all(k8s):
+    """x-ingress leaves the config: its objects are gone after `up`. Then `destroy` of the publication (with what
+    depends on it): no object of the stack and no CRD is left. `up` puts everything back."""
+    project, name, stack, result = k8s
+    kube = kubectl_of(result)
+    try:
+        values = dev_stack_values()
+        values["loadBalancers"] = [lb for lb in values["loadBalancers"] if lb["name"] != "x-ingress"]
+        project.write_stack_config(name, values)
+        stack.up(on_output=quiet)
+        objects = published(kube, name)
+        assert set(objects["LoadBalancer"]) == {"x-api"} and set(objects["LoadBalancerRouting"]) == {"x-api"}
+        urns = [r["urn"] for r in stack.export_stack().deployment["resources"] if r["type"] == "cplb:k8s:Publication"]
+        assert len(urns) == 1, urns
+        stack.destroy(target=urns, target_dependents=True, on_output=quiet)
+        assert published(kube, name) == {"LoadBalancer": {}, "LoadBalancerRouting": {}}
+        for crd in ("loadbalancers.cplb.incus.dev", "loadbalancerroutings.cplb.incus.dev"):
+            r = kube.run("get", "crd", crd)
+            assert r.returncode != 0 and "NotFound" in r.stderr, r.stdout + r.stderr
+        left = [r["type"] for r in stack.export_stack().deployment["resources"] if r["type"].startswith("kubernetes:")]
+        assert left == [], left
+    finally:
+        project.write_stack_config(name, dev_stack_values())
+        stack.up(on_output=quiet)
+        kube.cleanup()
+    assert set(published(kubectl_of(result), name)["LoadBalancer"]) == {"x-api", "x-ingress"}
+
+
+def test_a_kubeconfig_that_does_not_authenticate_is_refused_at_preview(k8s):
+    """A stack publishing into a cluster it does not run, with a kubeconfig whose token the cluster refuses, and
+    one whose server does not answer: each a clear error at preview naming the field, and `up` creates nothing."""
+    import yaml
+    from pulumi import automation as auto
+    from pulumi.automation import ConfigValue
+
+    from tests.helpers import base_config
+
+    _project, _name, _stack, result = k8s
+    good = yaml.safe_load(result.outputs["clusters"].value[CLUSTER]["kubeconfig"])
+    wrong_token = {**good, "users": [{"name": "admin", "user": {"token": "cplb-not-a-token-0123456789"}}]}
+    silent = yaml.safe_load(yaml.safe_dump(good))
+    silent["clusters"][0]["cluster"]["server"] = "https://198.18.10.251:6443"  # on the project bridge, unheld
+    address = result.outputs["clusters"].value[CLUSTER]["addresses"][0]
+    values = base_config(
+        loadBalancers=[{"name": "ext", "cluster": "extc", "type": "lxc", "role": "service",
+                        "ports": [{"name": "api", "port": 6443}],
+                        "targets": {"addresses": [{"name": "cp1", "address": address}]}}],
+        kubernetes={"publish": True, "cluster": "extc"})
+    with pulumi_stack(values, prefix="kx") as (_p, other, other_stack):
+        for doc, words in ((wrong_token, "refused the kubeconfig's credentials"), (silent, "cannot be reached")):
+            other_stack.set_config("cplb:kubernetes.kubeconfig", ConfigValue(yaml.safe_dump(doc), secret=True),
+                                   path=True)
+            for run in (other_stack.preview, other_stack.up):
+                with pytest.raises(auto.CommandError) as exc:
+                    run(on_output=quiet)
+                text = str(exc.value)
+                assert "cplb:kubernetes.kubeconfig" in text and words in text, text[-2000:]
+                assert "cplb-not-a-token" not in text and "Traceback" not in text
+            assert instances_with_prefix(other) == {}
+            assert len(other_stack.export_stack().deployment.get("resources") or []) <= 1  # the Stack at most
+
+
 def cluster_ca(result) -> str:
     import base64
 
@@ -225,6 +381,9 @@ def split_brain_heals(prefix: str, vip: str, advert_seconds: float):
     first = vip_holders(prefix, vip)
     time.sleep(3)
     assert vip_holders(prefix, vip) == first and len(first) == 1, f"after the partition: {first}"
+    # And clients reach that holder: the host's neighbour entry for the VIP is the holder's MAC (a request after
+    # the settle time is never answered, nor dropped, by the node that lost the VIP).
+    assert clients_reach_only(first[0], vip), (neighbour_mac(vip), first)
     print(f"\nsplit brain of {prefix}: {holder} cut off for 10 s; one holder after: {first[0]}")
 
 

@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from tests.helpers import base_config, incus, instances_with_prefix, partition, pulumi_stack, wait_for
+from tests.helpers import (
+    base_config, clients_reach_only, incus, instances_with_prefix, neighbour_mac, partition, pulumi_stack, wait_for,
+)
 from tests.k8s import Kubectl, real_control_plane
 
 pytestmark = pytest.mark.integration
@@ -73,6 +75,8 @@ def test_kube_vip_holds_the_vip_and_moves_it_when_the_holder_crashes():
             time.sleep(5)  # one lease period (leaseDurationSeconds)
             settled = single_holder(prefix, vip)
             assert len(settled) == 1, f"after the partition the VIP is held by {settled}"
+            kube.becomes_ready(30)
+            assert clients_reach_only(settled[0], vip), (neighbour_mac(vip), settled)
             first = settled
             kube.becomes_ready(30)
             # The holder crashes: another node takes the lease and the VIP, kubectl works again.

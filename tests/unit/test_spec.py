@@ -5,6 +5,13 @@ import pytest
 import spec
 
 GOOD_LB = {"name": "api", "cluster": "demo", "type": "lxc"}
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: demo, cluster: {server: "https://198.18.10.5:6443", certificate-authority-data: Zm9v}}]
+users: [{name: admin, user: {token: s3cr3t-token}}]
+contexts: [{name: demo, context: {cluster: demo, user: admin}}]
+current-context: demo
+"""
 
 
 def lb(**over):
@@ -96,6 +103,21 @@ INVALID = [
      "cplb:loadBalancers[0].lxc", "needs VRRP version 3"),
     ({"loadBalancers": [lb(lxc={"replicas": 2, "vip": "198.18.10.9", "advertIntervalSeconds": 0.005})]},
      "cplb:loadBalancers[0].lxc.advertIntervalSeconds", "greater than or equal to 0.01"),
+    # kubernetes: publishing needs a kubeconfig for every balancer's cluster; a kubeconfig is checked, not echoed.
+    ({"loadBalancers": [lb()], "kubernetes": {"publish": True}}, "cplb:", "cluster 'demo' has no control plane"),
+    ({"loadBalancers": [lb()], "kubernetes": {"publish": True, "kubeconfig": KUBECONFIG}},
+     "cplb:kubernetes", "`kubeconfig` and `cluster` go together"),
+    ({"loadBalancers": [lb()], "kubernetes": {"publish": True, "kubeconfig": KUBECONFIG, "cluster": "other"}},
+     "cplb:", "kubernetes.cluster 'other' is no balancer's cluster"),
+    ({"loadBalancers": [lb()], "kubernetes": {"kubeconfig": "s3cret: [", "cluster": "demo"}},
+     "cplb:kubernetes.kubeconfig", "is not YAML"),
+    ({"loadBalancers": [lb()], "kubernetes": {"kubeconfig": KUBECONFIG.replace("https://", "http://"),
+                                              "cluster": "demo"}},
+     "cplb:kubernetes.kubeconfig", "names no `https://host:port` server"),
+    ({"loadBalancers": [lb()], "kubernetes": {"publish": "sometimes"}}, "cplb:kubernetes.publish", "boolean"),
+    ({"loadBalancers": [lb()], "controlPlanes": [{"name": "cp", "cluster": "demo"}],
+      "kubernetes": {"kubeconfig": KUBECONFIG, "cluster": "demo"}},
+     "cplb:", "has its control plane in this stack"),
     ({"loadBalancers": [lb(healthCheck={"connectTimeoutMilliseconds": 5})]},
      "cplb:loadBalancers[0].healthCheck.connectTimeoutMilliseconds", "greater than or equal to 10"),
     ({"loadBalancers": [lb(healthCheck={"connectTimeoutMilliseconds": 60001})]},
@@ -316,3 +338,10 @@ def test_keepalived_advert_interval_prints_without_exponent():
     assert vi.advert_int_text == "0.01"
     assert spec.VrrpInstanceSpec(virtualIPs=["198.18.10.50/24"], advertIntervalSeconds=2.0).advert_int_text == "2"
     assert spec.VrrpInstanceSpec(virtualIPs=["198.18.10.50/24"], advertIntervalSeconds=0.1).advert_int_text == "0.1"
+
+
+def test_a_refused_kubeconfig_is_never_echoed():
+    for bad in ("s3cr3t-token: [", KUBECONFIG.replace("https://", "http://")):
+        with pytest.raises(spec.SpecError) as exc:
+            spec.parse({"loadBalancers": [lb()], "kubernetes": {"kubeconfig": bad, "cluster": "demo"}})
+        assert "s3cr3t" not in str(exc.value) and "198.18.10.5" not in str(exc.value), str(exc.value)

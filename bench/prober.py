@@ -1,0 +1,77 @@
+"""The client every failover figure is measured with: a new TLS connection to the endpoint every 10 ms (a fixed
+rate, not a closed loop: a slow answer does not delay the next probe), verified against the cluster CA, asking
+`GET /readyz` with a 200 ms timeout. One line per probe on stdout: `start end ok` (CLOCK_MONOTONIC seconds, the
+same clock as the harness's time.monotonic()).
+
+Run by bench/failover.py as its own process, so the harness's Incus calls never delay a probe:
+    python bench/prober.py HOST PORT CA_FILE [--server-name NAME] [--every 0.01] [--timeout 0.2]
+It stops on SIGTERM after writing what it has."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import ssl
+import sys
+import time
+
+
+async def probe(host: str, port: int, ctx: ssl.SSLContext, server_name: str, timeout: float, out: list):
+    start = time.monotonic()
+
+    async def ask() -> bool:
+        reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=server_name)
+        try:
+            writer.write(f"GET /readyz HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n".encode())
+            return (await reader.readline()).startswith(b"HTTP/1.1 200")
+        finally:
+            writer.close()
+
+    try:
+        ok = await asyncio.wait_for(ask(), timeout)
+    except (OSError, asyncio.TimeoutError, ssl.SSLError, EOFError):
+        ok = False
+    out.append(f"{start:.4f} {time.monotonic():.4f} {int(ok)}\n")
+
+
+async def run(args) -> None:
+    ctx = ssl.create_default_context(cafile=args.ca_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    lines: list[str] = []
+    tasks: set = set()
+    next_at = time.monotonic()
+    last_flush = next_at
+    while not stop.is_set():
+        task = asyncio.create_task(probe(args.host, args.port, ctx, args.server_name or args.host, args.timeout,
+                                         lines))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        next_at += args.every
+        now = time.monotonic()
+        if now - last_flush > 0.5:
+            sys.stdout.write("".join(lines))
+            sys.stdout.flush()
+            lines.clear()
+            last_flush = now
+        await asyncio.sleep(max(0.0, next_at - now))
+    await asyncio.gather(*tasks, return_exceptions=True)
+    sys.stdout.write("".join(lines))
+    sys.stdout.flush()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("host")
+    ap.add_argument("port", type=int)
+    ap.add_argument("ca_file")
+    ap.add_argument("--server-name", default="")
+    ap.add_argument("--every", type=float, default=0.01)
+    ap.add_argument("--timeout", type=float, default=0.2)
+    asyncio.run(run(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
