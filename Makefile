@@ -46,7 +46,7 @@ bench: setup
 	@.venv/bin/python bench/dns_strategy.py --record
 	@.venv/bin/python bench/program_cost.py --runs 1 --record
 
-# The dns strategy's reconcile loop: `up` when the healthy set of proxy nodes changes (Ctrl-C ends it).
+# Follow the cluster: `up` when Incus events change what a balancer serves (docs/watch.md; Ctrl-C ends it).
 watch: setup
 	@. scripts/env.sh && stack_passphrase $(STACK) && .venv/bin/python scripts/watch --stack $(STACK)
 

@@ -60,8 +60,11 @@ def resolve_targets(targets: TargetsSpec, field: str, facts: Facts, stack: str, 
         return out
     selector = targets.selector
     backends: list[Backend] = []
-    for name, (labels, resource) in sorted(stack_instances.items()):
-        if selector_matches(selector, labels) and not is_disabled(labels):
+    live = {inst.name: inst.labels for inst in facts.instances()}
+    for name, (declared, resource) in sorted(stack_instances.items()):
+        # Selected on the declared labels; drained by the operator's user.cplb.disabled=true on the instance too
+        # (a label the stack does not declare: `up` and refresh never remove it).
+        if selector_matches(selector, declared) and not is_disabled(declared) and not is_disabled(live.get(name, {})):
             backends.append(Backend(name, resource.address, resource.uuid, "stack-instance", resource,
                                     address6=resource.ipv6.apply(lambda v6: (v6 or [""])[0])))
     for inst in facts.instances():

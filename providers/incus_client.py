@@ -85,10 +85,12 @@ class IncusClient:
         # The client certificate, key and pinned server certificate as files (requests loads them by path for every
         # new connection), in a private directory removed with the client or when the process exits.
         self._tmpdir: Optional[str] = None
+        self._server_cert_file: Optional[str] = None
         try:
             if conn.remote:
                 cert = (self._tempfile(conn.client_cert), self._tempfile(conn.client_key))
                 verify: Any = self._tempfile(conn.server_cert) if conn.server_cert else True
+                self._server_cert_file = verify if conn.server_cert else None
                 session = self._pinned_session(conn.remote.rstrip("/"), cert, verify) if conn.server_cert else None
                 self._pylxd = pylxd.Client(endpoint=conn.remote, cert=cert, verify=verify, project=conn.project,
                                            timeout=60, session=session)
@@ -134,6 +136,20 @@ class IncusClient:
             f.write(pem or "")
         os.chmod(path, 0o600)
         return path
+
+    def events_socket(self, websocket_client):
+        """A ws4py client (of class `websocket_client`, not yet connected) for this project's lifecycle events, over
+        the same socket or HTTPS connection as every other call (the pinned server certificate verified)."""
+        import ssl
+
+        from pylxd.client import EventType
+
+        ws = self._pylxd.events(websocket_client=websocket_client, event_types={EventType.Lifecycle})
+        ws.resource = f"/1.0/events?type=lifecycle&project={quote(self.conn.project, safe='')}"
+        if self._server_cert_file:
+            ws.ssl_options = {**(ws.ssl_options or {}), "ca_certs": self._server_cert_file,
+                              "cert_reqs": ssl.CERT_REQUIRED}
+        return ws
 
     # --- low level ---------------------------------------------------------------------------------
 

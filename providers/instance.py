@@ -134,9 +134,14 @@ class InstanceProvider(ResourceProvider):
         client.wait_ipv6_settled(name, timeout=10)
         return inst
 
-    def _converge(self, client, name: str, props: dict) -> None:
+    def _converge(self, client, name: str, props: dict, olds: Optional[dict] = None) -> None:
         current, etag = client.etag_get(f"instances/{name}", what=f"read instance {name}")
-        config = {k: v for k, v in (current.get("config") or {}).items() if k.startswith(SERVER_OWNED_PREFIXES)}
+        # Kept: what Incus manages, and `user.*` keys the stack has never declared here (an operator's labels, such
+        # as user.cplb.disabled=true to drain the instance). A key the stack declared before and no longer does is
+        # the stack's to remove.
+        owned = set((olds or {}).get("config") or {}) | set(desired_config(props))
+        config = {k: v for k, v in (current.get("config") or {}).items()
+                  if k.startswith(SERVER_OWNED_PREFIXES) or (k.startswith("user.") and k not in owned)}
         config.update(desired_config(props))
         body = {
             "architecture": current.get("architecture"),
@@ -157,9 +162,12 @@ class InstanceProvider(ResourceProvider):
         cfg = inst.get("config") or {}
         observed = dict(props)
         # What refresh can see drifting: user/limits config, profiles, devices and the image.
+        # Undeclared `user.*` keys are the operator's (never drift, never removed): see _converge.
+        declared = set(props.get("config") or {})
         observed["config"] = {
             k: v for k, v in cfg.items()
             if not k.startswith(SERVER_OWNED_PREFIXES) and k not in (OWNER_STACK, OWNER_ID)
+            and (k in declared or not k.startswith("user."))
         }
         observed["profiles"] = inst.get("profiles") or []
         observed["devices"] = inst.get("devices") or {}
@@ -185,7 +193,7 @@ class InstanceProvider(ResourceProvider):
         if inst is None:
             raise IncusError(f"instance {name!r} disappeared; run `pulumi refresh` then `pulumi up` to recreate it")
         check_owner(inst, olds)
-        self._converge(client, name, news)
+        self._converge(client, name, news, olds)
         inst = client.get_instance(name) or {}
         if inst.get("status") != "Running":
             client.set_state(name, "start")

@@ -151,3 +151,27 @@ def test_ipv6_settle_waits_while_a_global_address_is_tentative(monkeypatch):
     # An instance that cannot run `cat` is not waited for.
     monkeypatch.setattr(client, "exec", lambda name, cmd, timeout: (127, "", "not found"), raising=False)
     assert client.wait_ipv6_settled("x", timeout=10) is False
+
+
+def test_an_operators_labels_survive_update_and_refresh():
+    """user.* keys the stack never declared (user.cplb.disabled=true, set by hand to drain) are kept by `up` and
+    invisible to refresh; a key the stack declared before and dropped is removed."""
+    from providers.instance import InstanceProvider
+
+    live = {"config": {"user.cluster-role": "control-plane", "user.old": "x", "user.cplb.disabled": "true",
+                       "volatile.uuid": "u", "limits.memory": "64MiB"}}
+
+    class FakeClient:
+        def etag_get(self, path, what=""):
+            return live, "etag"
+
+        def call(self, method, path, json=None, headers=None, what=""):
+            self.sent = json
+
+    olds = {"name": "s-g-1", "config": {"user.cluster-role": "control-plane", "user.old": "x",
+                                        "limits.memory": "64MiB"}, "ownerStack": "s", "ownerId": "group/g"}
+    news = {**olds, "config": {"user.cluster-role": "control-plane", "limits.memory": "64MiB"}}
+    client = FakeClient()
+    InstanceProvider()._converge(client, "s-g-1", news, olds)
+    assert client.sent["config"]["user.cplb.disabled"] == "true" and "user.old" not in client.sent["config"]
+    assert client.sent["config"]["volatile.uuid"] == "u"

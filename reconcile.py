@@ -1,0 +1,263 @@
+"""The reconcile loop behind `make watch`: Incus events in, one `up` at a time out.
+
+As the cluster-api-provider-incus controller follows its machines, this loop follows the instances a stack's
+balancers select:
+- it subscribes to the Incus events API (lifecycle events: created, started, stopped, deleted, updated, which is how
+  labels change) with the stack's own connection settings (local socket, or remote HTTPS with the client
+  certificate);
+- it keeps the events about instances that can change a balancer: owned by the stack, matched by a balancer's
+  selector now, or served at the last reconcile (a deleted or relabelled one); for `dns` balancers it also probes the
+  proxy nodes, as `up` does, and reconciles when the healthy set differs from the published records;
+- after a short debounce it runs `up` (with a refresh first when a stack-owned instance was touched, so a stopped
+  one is started again); events that arrive during an `up` are coalesced into at most one more;
+- one log line per reconcile: the events that caused it, what changed, how long it took.
+
+It reconnects when incusd goes away (and reconciles once when it is back), backs off and retries a failed `up`, and
+on SIGTERM ends after the current `up`. `--once` reconciles once and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+from urllib.parse import unquote
+
+from facts import selector_matches
+
+INSTANCE_ACTIONS = frozenset({
+    "instance-created", "instance-started", "instance-stopped", "instance-shutdown", "instance-restarted",
+    "instance-deleted", "instance-updated", "instance-renamed",
+})
+RECONNECTED = ("incus-reconnected", "")
+
+
+def log(msg: str) -> None:
+    print(f"[watch {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def instance_event(event: dict, project: str = "default") -> Optional[tuple[str, str]]:
+    """(action, instance name) of an Incus lifecycle event about an instance of `project`, else None."""
+    if event.get("type") != "lifecycle" or (event.get("project") or "default") != project:
+        return None
+    meta = event.get("metadata") or {}
+    action = meta.get("action", "")
+    match = re.match(r"^/1\.0/instances/([^/?]+)", meta.get("source", ""))
+    return (action, unquote(match.group(1))) if action in INSTANCE_ACTIONS and match else None
+
+
+@dataclass
+class Interest:
+    """Which instances can change one of the stack's balancers."""
+
+    stack: str
+    selectors: list
+    known: set = field(default_factory=set)  # served, or owned by the stack, at the last reconcile
+
+    @classmethod
+    def of(cls, stack: str, stack_spec) -> "Interest":
+        selectors = []
+        for lb in stack_spec.load_balancers:
+            targets = lb.effective_targets()
+            if targets.selector:
+                selectors.append(targets.selector)
+        return cls(stack, selectors)
+
+    def owned(self, inst: Optional[dict]) -> bool:
+        return bool(inst) and (inst.get("config") or {}).get("user.cplb.stack") == self.stack
+
+    def matters(self, name: str, inst: Optional[dict]) -> bool:
+        if name in self.known or self.owned(inst):
+            return True
+        if not inst:
+            return False
+        labels = {k: v for k, v in (inst.get("config") or {}).items() if k.startswith("user.")}
+        return any(selector_matches(s, labels) for s in self.selectors)
+
+    def remember(self, outputs: dict) -> None:
+        """Every instance the last `up` served or owns (from its outputs)."""
+        known = set()
+        for routing in (outputs.get("routing") or {}).values():
+            known |= {d["name"] for d in (routing or {}).get("destinations", [])}
+        for group in (outputs.get("instanceGroups") or {}).values():
+            known |= set(group.get("instances") or [])
+        for cluster in (outputs.get("clusters") or {}).values():
+            known |= set(cluster.get("controlPlane") or [])
+        for lb in (outputs.get("loadBalancers") or {}).values():
+            known |= {b["name"] for b in (lb or {}).get("backends") or [] if b.get("name")}
+        self.known = known
+
+
+class EventStream(threading.Thread):
+    """Incus events into `events` (a queue of (action, name)); reconnects with a backoff when incusd goes away and
+    then queues RECONNECTED, so the loop reconciles what it may have missed."""
+
+    def __init__(self, connect: Callable, events: "queue.Queue", stop: threading.Event, project: str):
+        super().__init__(daemon=True, name="incus-events")
+        self.connect, self.events, self.stop, self.project = connect, events, stop, project
+        self.socket = None
+        self.connected = threading.Event()
+
+    def run(self):
+        from ws4py.client import WebSocketBaseClient
+
+        stream = self
+
+        class Client(WebSocketBaseClient):
+            def __init__(self, *args, **kwargs):
+                kwargs.setdefault("exclude_headers", []).append("Origin")  # incusd refuses a ws+unix Origin
+                super().__init__(*args, **kwargs)
+
+            def handshake_ok(self):
+                stream.connected.set()
+
+            def received_message(self, message):
+                try:
+                    parsed = instance_event(json.loads(message.data.decode()), stream.project)
+                except (ValueError, UnicodeDecodeError):
+                    return
+                if parsed:
+                    stream.events.put(parsed)
+
+        backoff, ever = 1.0, False
+        while not self.stop.is_set():
+            try:
+                self.socket = self.connect(Client)
+                self.socket.connect()
+                if ever:
+                    log("reconnected to Incus")
+                    self.events.put(RECONNECTED)
+                ever, backoff = True, 1.0
+                self.socket.run()  # until incusd closes the stream (or close() does)
+            except Exception as exc:  # noqa: BLE001 - incusd gone, refused, TLS: all mean "try again later"
+                if not self.stop.is_set():
+                    log(f"Incus events unavailable ({type(exc).__name__}); retrying in {backoff:.0f}s")
+            self.connected.clear()
+            if not self.stop.is_set():
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def close(self):
+        try:
+            if self.socket is not None:
+                self.socket.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+@dataclass
+class Loop:
+    """The loop itself, with what touches the world passed in (a stack, an Incus client), so it can be driven by a
+    real stack in `make watch` and by the tests."""
+
+    stack: object  # pulumi.automation.Stack
+    interest: Interest
+    get_instance: Callable[[str], Optional[dict]]
+    events: "queue.Queue"
+    stop: threading.Event
+    debounce: float = 1.0
+    dns_interval: float = 2.0
+    max_backoff: float = 60.0
+    outputs: dict = field(default_factory=dict)
+    ups: int = 0
+
+    def collect(self, first_wait: float) -> list[tuple[str, str]]:
+        """Events until `debounce` seconds pass without one (the first wait is `first_wait`), at most 5 s."""
+        got: list[tuple[str, str]] = []
+        try:
+            got.append(self.events.get(timeout=first_wait))
+        except queue.Empty:
+            return got
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                got.append(self.events.get(timeout=self.debounce))
+            except queue.Empty:
+                break
+        return got
+
+    def relevant(self, events: list[tuple[str, str]]) -> tuple[list[str], bool]:
+        """(causes to log, whether a refresh is needed) of the events that can change a balancer."""
+        causes, refresh = [], False
+        for action, name in dict.fromkeys(events):  # keep order, drop repeats
+            if (action, name) == RECONNECTED:
+                causes.append("incusd reconnected")
+                refresh = True
+                continue
+            inst = None if action == "instance-deleted" else self.get_instance(name)
+            if self.interest.matters(name, inst):
+                causes.append(f"{action} {name}")
+                refresh = refresh or self.interest.owned(inst) or name in self.interest.known and inst is None
+        return causes, refresh
+
+    def dns_drift(self) -> list[str]:
+        """dns balancers whose healthy proxy nodes differ from their published records."""
+        import health
+
+        out = []
+        for name, lb in (self.outputs.get("loadBalancers") or {}).items():
+            if (lb or {}).get("type") != "dns":
+                continue
+            port = int(lb.get("healthPort") or 0)
+            probe = health.node_probe(lb.get("healthProbe")) or health.tcp_probe
+            now = sorted(a for a in lb.get("addresses") or [] if not port or probe(a, port) == "ok")
+            if now != sorted(lb.get("published") or []):
+                out.append(f"dns {name}: healthy {now} != published {sorted(lb.get('published') or [])}")
+        return out
+
+    def reconcile(self, causes: list[str], refresh: bool) -> bool:
+        """refresh (when asked) and `up`; one log line. False when it failed."""
+        from pulumi import automation as auto
+
+        changed: list[str] = []
+
+        def on_event(event):
+            outputs = getattr(event, "res_outputs_event", None)
+            meta = outputs.metadata if outputs else None
+            if meta and str(getattr(meta.op, "value", meta.op)) not in ("same", "read") \
+                    and not meta.type.startswith("pulumi:"):
+                changed.append(f"{getattr(meta.op, 'value', meta.op)} {meta.urn.rsplit('::', 1)[-1]}")
+
+        t0 = time.monotonic()
+        try:
+            if refresh:
+                self.stack.refresh(on_output=lambda _: None)
+            result = self.stack.up(on_output=lambda _: None, on_event=on_event)
+        except auto.errors.CommandError as exc:
+            last = next((line for line in reversed(str(exc).strip().splitlines()) if line.strip()), "")
+            log(f"reconcile ({'; '.join(causes)}) failed after {time.monotonic() - t0:.1f}s: {last.strip()[:300]}")
+            return False
+        self.ups += 1
+        self.outputs = {k: v.value for k, v in result.outputs.items()}
+        self.interest.remember(self.outputs)
+        log(f"reconcile ({'; '.join(causes)}): {', '.join(changed) or 'no change'}; "
+            f"{'refresh + ' if refresh else ''}up in {time.monotonic() - t0:.1f}s")
+        return True
+
+    def run(self, once: bool = False, max_seconds: float = float("inf"), max_ups: int = 10**9) -> int:
+        self.outputs = {k: v.value for k, v in self.stack.outputs().items()}
+        self.interest.remember(self.outputs)
+        if once:
+            return 0 if self.reconcile(["--once"], refresh=True) else 1
+        deadline = time.monotonic() + max_seconds
+        pending: list[str] = []
+        pending_refresh, backoff = False, 0.0
+        while not self.stop.is_set() and time.monotonic() < deadline and self.ups < max_ups:
+            causes, refresh = self.relevant(self.collect(self.dns_interval if not pending else 0.1))
+            causes += self.dns_drift()
+            pending += [c for c in causes if c not in pending]
+            pending_refresh = pending_refresh or refresh
+            if not pending or self.stop.is_set():
+                continue
+            if self.reconcile(pending, pending_refresh):
+                pending, pending_refresh, backoff = [], False, 0.0
+            else:
+                backoff = min(max(backoff * 2, 2.0), self.max_backoff)
+                log(f"retrying in {backoff:.0f}s")
+                self.stop.wait(backoff)
+        log(f"stopping after {self.ups} up(s)")
+        return 0

@@ -1,0 +1,87 @@
+"""The reconcile loop's decisions (reconcile.py) with a fake stack: which events matter, coalescing, back-off.
+The same loop runs against real Incus events and a real stack in tests/integration/test_watch.py."""
+
+import queue
+import threading
+import time
+
+import spec
+from reconcile import RECONNECTED, Interest, Loop, instance_event
+
+
+def interest() -> Interest:
+    s = spec.parse({"loadBalancers": [{"name": "api", "cluster": "demo", "type": "lxc"}]})
+    return Interest.of("dev", s)
+
+
+def test_instance_events_are_parsed_and_others_ignored():
+    e = {"type": "lifecycle", "project": "default",
+         "metadata": {"action": "instance-started", "source": "/1.0/instances/cp%2D4?project=default"}}
+    assert instance_event(e) == ("instance-started", "cp-4")
+    assert instance_event({**e, "project": "other"}) is None
+    assert instance_event({**e, "metadata": {"action": "image-created", "source": "/1.0/images/x"}}) is None
+    assert instance_event({"type": "logging", "metadata": {}}) is None
+
+
+def test_what_matters():
+    i = interest()
+    cp = {"config": {"user.cluster-name": "demo", "user.cluster-role": "control-plane"}}
+    assert i.matters("x", cp)
+    assert not i.matters("x", {"config": {"user.cluster-name": "other", "user.cluster-role": "control-plane"}})
+    assert i.matters("mine", {"config": {"user.cplb.stack": "dev"}})
+    # Deleted or relabelled away: it matters when the last reconcile served it.
+    assert not i.matters("gone", None)
+    i.remember({"routing": {"api": {"destinations": [{"name": "gone"}]}}})
+    assert i.matters("gone", None) and i.matters("gone", {"config": {}})
+
+
+class FakeStack:
+    """`up` takes `seconds`; events may arrive meanwhile."""
+
+    def __init__(self, seconds=0.3, fail=0):
+        self.seconds, self.fail, self.ups, self.refreshes = seconds, fail, 0, 0
+
+    def outputs(self):
+        return {}
+
+    def refresh(self, **_):
+        self.refreshes += 1
+
+    def up(self, **_):
+        from pulumi import automation as auto
+
+        time.sleep(self.seconds)
+        if self.fail:
+            self.fail -= 1
+            raise auto.errors.CommandError(type("R", (), {"stdout": "", "stderr": "error: boom", "code": 1,
+                                                          "__str__": lambda s: "error: boom"})())
+        self.ups += 1
+        return type("Result", (), {"outputs": {}})()
+
+
+def run_loop(stack, feed, seconds=4.0, **kw):
+    events, stop = queue.Queue(), threading.Event()
+    cp = {"config": {"user.cluster-name": "demo", "user.cluster-role": "control-plane"}}
+    loop = Loop(stack, interest(), lambda name: cp, events, stop, debounce=0.3, dns_interval=0.2, **kw)
+    t = threading.Thread(target=loop.run, kwargs={"max_seconds": seconds}, daemon=True)
+    t.start()
+    feed(events)
+    t.join(seconds + 5)
+    return loop
+
+
+def test_a_burst_of_events_makes_at_most_two_ups():
+    def feed(events):
+        for n in range(10):
+            events.put(("instance-started", f"cp-{n}"))
+            time.sleep(0.18)
+
+    stack = FakeStack(seconds=0.5)
+    run_loop(stack, feed)
+    assert 1 <= stack.ups <= 2, stack.ups
+
+
+def test_a_failed_up_is_retried_and_a_reconnect_refreshes():
+    stack = FakeStack(fail=1)
+    run_loop(stack, lambda events: events.put(RECONNECTED), seconds=6)
+    assert stack.ups == 1 and stack.refreshes >= 1
