@@ -163,6 +163,7 @@ class Loop:
     dns_interval: float = 2.0
     max_backoff: float = 60.0
     outputs: dict = field(default_factory=dict)
+    urns: dict = field(default_factory=dict)
     ups: int = 0
 
     def collect(self, first_wait: float) -> list[tuple[str, str]]:
@@ -180,19 +181,31 @@ class Loop:
                 break
         return got
 
-    def relevant(self, events: list[tuple[str, str]]) -> tuple[list[str], bool]:
-        """(causes to log, whether a refresh is needed) of the events that can change a balancer."""
-        causes, refresh = [], False
+    def relevant(self, events: list[tuple[str, str]]) -> tuple[list[str], set]:
+        """(causes to log, what to refresh first) of the events that can change a balancer: the stack's own
+        instances that were touched ("*" for everything, after a reconnect)."""
+        causes, refresh = [], set()
         for action, name in dict.fromkeys(events):  # keep order, drop repeats
             if (action, name) == RECONNECTED:
                 causes.append("incusd reconnected")
-                refresh = True
+                refresh.add("*")
                 continue
             inst = None if action == "instance-deleted" else self.get_instance(name)
             if self.interest.matters(name, inst):
                 causes.append(f"{action} {name}")
-                refresh = refresh or self.interest.owned(inst) or name in self.interest.known and inst is None
+                if name in self.urns:
+                    refresh.add(name)
         return causes, refresh
+
+    def remember_urns(self) -> None:
+        """The URN of every instance the stack manages, by instance name (a targeted refresh reads only those)."""
+        try:
+            resources = self.stack.export_stack().deployment.get("resources") or []
+        except Exception:  # noqa: BLE001 - a missing map only makes the refresh wider
+            return
+        self.urns = {r["outputs"]["name"]: r["urn"] for r in resources
+                     if isinstance((r.get("outputs") or {}).get("name"), str) and "ownerStack" in r.get("outputs", {})
+                     and "instanceType" in r.get("outputs", {})}
 
     def dns_drift(self) -> list[str]:
         """dns balancers whose healthy proxy nodes differ from their published records."""
@@ -209,8 +222,9 @@ class Loop:
                 out.append(f"dns {name}: healthy {now} != published {sorted(lb.get('published') or [])}")
         return out
 
-    def reconcile(self, causes: list[str], refresh: bool) -> bool:
-        """refresh (when asked) and `up`; one log line. False when it failed."""
+    def reconcile(self, causes: list[str], refresh: set) -> bool:
+        """A refresh of the touched stack instances (all of the stack for "*"), then `up`; one log line. False when
+        it failed."""
         from pulumi import automation as auto
 
         changed: list[str] = []
@@ -223,9 +237,11 @@ class Loop:
                 changed.append(f"{getattr(meta.op, 'value', meta.op)} {meta.urn.rsplit('::', 1)[-1]}")
 
         t0 = time.monotonic()
+        log(f"reconciling ({'; '.join(causes)})")
         try:
             if refresh:
-                self.stack.refresh(on_output=lambda _: None)
+                targets = None if "*" in refresh else sorted(self.urns[n] for n in refresh if n in self.urns)
+                self.stack.refresh(on_output=lambda _: None, target=targets)
             result = self.stack.up(on_output=lambda _: None, on_event=on_event)
         except auto.errors.CommandError as exc:
             last = next((line for line in reversed(str(exc).strip().splitlines()) if line.strip()), "")
@@ -234,27 +250,31 @@ class Loop:
         self.ups += 1
         self.outputs = {k: v.value for k, v in result.outputs.items()}
         self.interest.remember(self.outputs)
-        log(f"reconcile ({'; '.join(causes)}): {', '.join(changed) or 'no change'}; "
-            f"{'refresh + ' if refresh else ''}up in {time.monotonic() - t0:.1f}s")
+        self.remember_urns()
+        what = "refresh (all) + " if "*" in refresh else (f"refresh ({len(refresh)}) + " if refresh else "")
+        log(f"reconcile ({'; '.join(causes)}): {', '.join(changed) or 'no change'}; {what}up in "
+            f"{time.monotonic() - t0:.1f}s")
         return True
 
     def run(self, once: bool = False, max_seconds: float = float("inf"), max_ups: int = 10**9) -> int:
         self.outputs = {k: v.value for k, v in self.stack.outputs().items()}
         self.interest.remember(self.outputs)
+        self.remember_urns()
         if once:
-            return 0 if self.reconcile(["--once"], refresh=True) else 1
+            return 0 if self.reconcile(["--once"], refresh={"*"}) else 1
         deadline = time.monotonic() + max_seconds
         pending: list[str] = []
-        pending_refresh, backoff = False, 0.0
+        pending_refresh: set = set()
+        backoff = 0.0
         while not self.stop.is_set() and time.monotonic() < deadline and self.ups < max_ups:
             causes, refresh = self.relevant(self.collect(self.dns_interval if not pending else 0.1))
             causes += self.dns_drift()
             pending += [c for c in causes if c not in pending]
-            pending_refresh = pending_refresh or refresh
+            pending_refresh |= refresh
             if not pending or self.stop.is_set():
                 continue
             if self.reconcile(pending, pending_refresh):
-                pending, pending_refresh, backoff = [], False, 0.0
+                pending, pending_refresh, backoff = [], set(), 0.0
             else:
                 backoff = min(max(backoff * 2, 2.0), self.max_backoff)
                 log(f"retrying in {backoff:.0f}s")

@@ -16,7 +16,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +24,8 @@ sys.path.insert(0, ROOT)
 from bench.lxc import quiet, wrk  # noqa: E402
 from bench.report import emit, traffic_arguments  # noqa: E402
 from tests.helpers import (  # noqa: E402
-    ProjectCopy, base_config, demo_group, http_get, incus, launch_external, set_label, unique_stack, wait_for,
+    ProjectCopy, base_config, demo_group, http_get, incus, launch_external, local_dns_server, set_label, unique_stack,
+    wait_for,
 )
 
 ZONE = "cplb.test."
@@ -43,20 +43,23 @@ def loop_idle(log_path: str) -> bool:
     """The watch loop's last line says an `up` has finished (or that it has just started watching)."""
     with open(log_path) as f:
         lines = [line for line in f.read().splitlines() if line.strip()]
-    return bool(lines) and ("up done" in lines[-1] or "watching stack" in lines[-1])
+    return bool(lines) and (("] reconcile (" in lines[-1] and "failed" not in lines[-1])
+                            or "watching stack" in lines[-1])
 
 
 def main() -> int:
-    from pulumi.automation import ConfigValue
-
     args = traffic_arguments()
 
-    directory = tempfile.mkdtemp(prefix="cplb-dns-bench-")
-    port = random.randrange(20000, 30000)
-    env = {**os.environ, "DNS_DIR": directory, "DNS_PORT": str(port)}
-    script = os.path.join(ROOT, "scripts", "dns-server")
-    subprocess.run([script, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
-    secret = subprocess.run([script, "key"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+    with local_dns_server() as server:
+        rows = run(args, server)
+    emit("dns strategy", rows, args.record)
+    return 0
+
+
+def run(args, server: dict) -> list[tuple[str, str]]:
+    from pulumi.automation import ConfigValue
+
+    port, secret = server["port"], server["secret"]
     project = ProjectCopy()
     name = unique_stack("bd")
     cluster = f"bd{random.randrange(16**4):04x}"
@@ -97,7 +100,7 @@ def main() -> int:
         rows.append(("change: `up` start to a proxy node answering from the new backend",
                      f"{t_serving:.2f} s" if joined else "not within 60 s"))
 
-        watch_log = open(os.path.join(directory, "watch.log"), "w")
+        watch_log = open(os.path.join(project.dir, "watch.log"), "w")
         print(f"watch loop log: {watch_log.name}", flush=True)
         watch = subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "python"), os.path.join(ROOT, "scripts", "watch"),
                                   "--stack", name, "--work-dir", project.dir, "--interval", "1", "--max-seconds", "1800", "--max-ups", "200"],
@@ -136,9 +139,7 @@ def main() -> int:
         finally:
             incus().delete_instance(standby)
             project.cleanup()
-            subprocess.run([script, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
-    emit("dns strategy", rows, args.record)
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

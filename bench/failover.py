@@ -42,7 +42,8 @@ sys.path.insert(0, ROOT)
 
 from bench.report import emit  # noqa: E402
 from tests.helpers import (  # noqa: E402
-    ProjectCopy, base_config, clients_reach_only, demo_group, incus, instances_with_prefix, partition, unique_stack, wait_for,
+    ProjectCopy, base_config, clients_reach_only, demo_group, incus, instances_with_prefix, local_dns_server, partition,
+    unique_stack, wait_for,
 )
 from tests.k8s import readyz_check, real_control_plane  # noqa: E402
 
@@ -76,13 +77,14 @@ class Prober:
              *(["--server-name", server_name] if server_name else [])],
             stdout=open(self.out, "w"))
 
-    def probes(self, since: float) -> list[tuple[float, float, bool]]:
+    def probes(self, since: float, answered: bool = False) -> list[tuple[float, float, bool]]:
+        """(start, end, ok): ok is a 200; with `answered`, any HTTP answer (not a refused or timed-out probe)."""
         rows = []
         with open(self.out) as f:
             for line in f:
                 parts = line.split()
                 if len(parts) == 3 and float(parts[0]) >= since:
-                    rows.append((float(parts[0]), float(parts[1]), parts[2] == "1"))
+                    rows.append((float(parts[0]), float(parts[1]), parts[2] != "0" if answered else parts[2] == "1"))
         return rows
 
     def steady(self, seconds: float = 2.0) -> bool:
@@ -364,6 +366,8 @@ def one_run(b: Bench, s: Strategy, event: str, prober: Prober) -> dict:
         extra["neighbour is holder"] = len(after) == 1 and clients_reach_only(after[0], s.vip)
     t_end = observe(prober, t_event, s.window + (10 if event.startswith("network") else 0))
     result = {**outage(prober.probes(t_event - 2), t_event, t_end), **extra}
+    # Probes with no HTTP answer at all, apart from /readyz 500s of a server in its shutdown delay.
+    result["unanswered"] = outage(prober.probes(t_event - 2, answered=True), t_event, t_end)["failed"]
     undo()
     return result
 
@@ -372,6 +376,8 @@ def cell_text(results: list[dict]) -> str:
     outs = [r["outage"] for r in results]
     text = f"{statistics.median(outs):.2f} / {max(outs):.2f} s"
     text += f", {statistics.median([r['failed'] for r in results]):.0f} failed"
+    if "unanswered" in results[0]:
+        text += f" ({statistics.median([r['unanswered'] for r in results]):.0f} with no answer)"
     if not all(r["recovered"] for r in results):
         text += f" ({sum(not r['recovered'] for r in results)} not back in the window)"
     if "withdrawn" in results[0]:
@@ -386,7 +392,7 @@ def cell_text(results: list[dict]) -> str:
     return text
 
 
-def run_strategy(b: Bench, s: Strategy, runs: int, table: dict):
+def run_strategy(b: Bench, s: Strategy, runs: int, table: dict, events: frozenset = frozenset()):
     print(f"== {s.label}", flush=True)
     b.up(s)
     if s.kind == "dns":
@@ -395,6 +401,8 @@ def run_strategy(b: Bench, s: Strategy, runs: int, table: dict):
     prober = Prober(host, port, b.ca_pem, server_name)
     try:
         for event in s.events:
+            if events and event not in events:
+                continue
             results = []
             for n in range(runs):
                 r = one_run(b, s, event, prober)
@@ -427,16 +435,10 @@ def ratios(table: dict, strategies: list[str]) -> list[tuple[str, str]]:
 def control_plane_bench(args) -> list[tuple[str, str]]:
     """The bridge control plane (dns, lxc, keepalived, kube-vip), then the OVN one (ovn)."""
     only = set(filter(None, args.only.split(",")))
+    events = frozenset(filter(None, args.events.split(",")))
     table: dict = {}
     labels: list[str] = []
-    server_dir = tempfile.mkdtemp(prefix="cplb-fo-dns-")
-    port = random.randrange(20000, 30000)
-    env = {**os.environ, "DNS_DIR": server_dir, "DNS_PORT": str(port)}
-    script = os.path.join(ROOT, "scripts", "dns-server")
-    subprocess.run([script, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
-    secret = subprocess.run([script, "key"], env=env, check=True, capture_output=True, text=True).stdout.strip()
-    dns_server = {"server": f"127.0.0.1:{port}", "secret": secret, "port": port}
-    try:
+    with local_dns_server() as dns_server:
         # kube-vip first: its API servers bind every address; the later strategies bind VIP:6443 beside them.
         bridge = [*vip_strategies(args.advert), dns_strategy(dns_server, f"api-{random.randrange(16**5):05x}")]
         bridge = [s for s in bridge if not only or s.label in only]
@@ -444,7 +446,7 @@ def control_plane_bench(args) -> list[tuple[str, str]]:
             labels += [s.label for s in bridge]
             with control_plane(dns_server) as b:
                 for s in bridge:
-                    run_strategy(b, s, args.runs, table)
+                    run_strategy(b, s, args.runs, table, events)
         if not only or "ovn" in only:
             subprocess.run([os.path.join(ROOT, "scripts", "ovn-up")], check=True, stdout=subprocess.DEVNULL)
             from tests.integration.test_ovn_oci_external import OVN_NETWORK
@@ -452,11 +454,9 @@ def control_plane_bench(args) -> list[tuple[str, str]]:
             labels.append("ovn")
             try:
                 with control_plane(dns_server, network=OVN_NETWORK) as b:
-                    run_strategy(b, ovn_strategy(OVN_NETWORK), args.runs, table)
+                    run_strategy(b, ovn_strategy(OVN_NETWORK), args.runs, table, events)
             finally:
                 subprocess.run([os.path.join(ROOT, "scripts", "ovn-down")], check=False, stdout=subprocess.DEVNULL)
-    finally:
-        subprocess.run([script, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
     rows = [(f"{label}: {event} ({len(res)} runs) — outage median / max", cell_text(res))
             for label in labels for event in EVENTS if (res := table.get((label, event)))]
     return rows + ratios(table, labels)
@@ -550,6 +550,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=10, help="runs per cell (median and max)")
     ap.add_argument("--quick", action="store_true", help="3 runs per cell (a smoke test)")
     ap.add_argument("--only", default="", help="comma-separated strategy labels (default: all)")
+    ap.add_argument("--events", default="", help="comma-separated events (default: all)")
     ap.add_argument("--advert", type=float, default=RECOMMENDED_ADVERT, help="the recommended advert interval")
     ap.add_argument("--soak", type=int, default=0, help="seconds of false-failover soak instead of failovers")
     ap.add_argument("--intervals", default="0.02,0.05,0.1", help="advert intervals for --soak")

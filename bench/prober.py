@@ -1,7 +1,8 @@
 """The client every failover figure is measured with: a new TLS connection to the endpoint every 10 ms (a fixed
 rate, not a closed loop: a slow answer does not delay the next probe), verified against the cluster CA, asking
 `GET /readyz` with a 200 ms timeout. One line per probe on stdout: `start end ok` (CLOCK_MONOTONIC seconds, the
-same clock as the harness's time.monotonic()).
+same clock as the harness's time.monotonic()); `ok` is 1 for a 200, 5 for another HTTP answer (a kube-apiserver in
+its shutdown delay answers /readyz 500 while it still serves every other request), 0 for no answer in time.
 
 Run by bench/failover.py as its own process, so the harness's Incus calls never delay a probe:
     python bench/prober.py HOST PORT CA_FILE [--server-name NAME] [--every 0.01] [--timeout 0.2]
@@ -20,19 +21,20 @@ import time
 async def probe(host: str, port: int, ctx: ssl.SSLContext, server_name: str, timeout: float, out: list):
     start = time.monotonic()
 
-    async def ask() -> bool:
+    async def ask() -> str:
         reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=server_name)
         try:
             writer.write(f"GET /readyz HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n".encode())
-            return (await reader.readline()).startswith(b"HTTP/1.1 200")
+            line = await reader.readline()
+            return "1" if line.startswith(b"HTTP/1.1 200") else ("5" if line.startswith(b"HTTP/") else "0")
         finally:
             writer.close()
 
     try:
-        ok = await asyncio.wait_for(ask(), timeout)
+        result = await asyncio.wait_for(ask(), timeout)
     except (OSError, asyncio.TimeoutError, ssl.SSLError, EOFError):
-        ok = False
-    out.append(f"{start:.4f} {time.monotonic():.4f} {int(ok)}\n")
+        result = "0"
+    out.append(f"{start:.4f} {time.monotonic():.4f} {result}\n")
 
 
 async def run(args) -> None:

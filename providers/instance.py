@@ -90,7 +90,9 @@ def instance_outputs(props: dict, inst: dict) -> dict[str, Any]:
         "ipv4": addrs.get("inet", []),
         "ipv6": addrs.get("inet6", []),
         "address": (addrs.get("inet") or addrs.get("inet6") or [""])[0],
-        "userConfig": {k: v for k, v in cfg.items() if k.startswith("user.")},
+        # The stack's own labels as the instance has them (an operator's other user.* keys are not the stack's).
+        "userConfig": {k: v for k, v in cfg.items()
+                       if k.startswith("user.") and (k in (props.get("config") or {}) or k in (OWNER_STACK, OWNER_ID))},
         "imageFingerprint": cfg.get("volatile.base_image", "") if props.get("imageFingerprint") else "",
         "location": inst.get("location", ""),
     }

@@ -139,13 +139,13 @@ def pulumi_stack(values: dict, prefix: str = "it"):
             project.cleanup()
 
 
-def launch_external(name: str, labels: dict, image: str = "cplb/demo-apiserver") -> str:
+def launch_external(name: str, labels: dict, image: str = "cplb/demo-apiserver", network: str = BRIDGE) -> str:
     """An instance made outside the stack (as cluster-api would make a control-plane node). Returns its IPv4."""
     client = incus()
     client.call("POST", "instances", json={
         "name": name, "source": {"type": "image", "alias": image}, "config": labels,
         "devices": {"root": {"type": "disk", "path": "/", "pool": POOL},
-                    "eth0": {"type": "nic", "name": "eth0", "network": BRIDGE}},
+                    "eth0": {"type": "nic", "name": "eth0", "network": network}},
         "start": True})
     from providers.incus_client import addresses_of
 
@@ -266,3 +266,23 @@ def clients_reach_only(holder: str, vip: str, port: int = 6443) -> bool:
     except OSError:
         pass
     return neighbour_mac(vip) == incus().get_instance(holder)["config"].get("volatile.eth0.hwaddr")
+
+
+@contextmanager
+def local_dns_server():
+    """The project's BIND (scripts/dns-server) on a random loopback port, with its TSIG key; stopped afterwards.
+    Yields {"server": "127.0.0.1:<port>", "secret": <TSIG secret>, "port": <port>}."""
+    import random
+    import subprocess
+
+    directory = tempfile.mkdtemp(prefix="cplb-dns-")
+    port = random.randrange(20000, 30000)
+    env = {**os.environ, "DNS_DIR": directory, "DNS_PORT": str(port)}
+    script = os.path.join(ROOT, "scripts", "dns-server")
+    subprocess.run([script, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+    try:
+        secret = subprocess.run([script, "key"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+        yield {"server": f"127.0.0.1:{port}", "secret": secret, "port": port}
+    finally:
+        subprocess.run([script, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
+        shutil.rmtree(directory, ignore_errors=True)

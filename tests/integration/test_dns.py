@@ -4,13 +4,13 @@ import os
 import random
 import signal
 import subprocess
-import tempfile
 import time
 
 import pytest
 
 from tests.helpers import (
-    ROOT, Load, base_config, demo_group, http_get, incus, instances_with_prefix, pulumi_stack, wait_for,
+    ROOT, Load, base_config, demo_group, http_get, incus, instances_with_prefix, local_dns_server, pulumi_stack,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -19,14 +19,8 @@ ZONE = "cplb.test."
 
 @pytest.fixture(scope="module")
 def dns_server():
-    directory = tempfile.mkdtemp(prefix="cplb-dns-")
-    port = str(random.randrange(20000, 30000))
-    env = {**os.environ, "DNS_DIR": directory, "DNS_PORT": port}
-    script = os.path.join(ROOT, "scripts", "dns-server")
-    subprocess.run([script, "start"], env=env, check=True)
-    secret = subprocess.run([script, "key"], env=env, check=True, capture_output=True, text=True).stdout.strip()
-    yield {"server": f"127.0.0.1:{port}", "secret": secret, "port": int(port)}
-    subprocess.run([script, "stop"], env=env, check=False)
+    with local_dns_server() as server:
+        yield server
 
 
 def resolve(server: dict, fqdn: str, rdtype: str = "A") -> list:

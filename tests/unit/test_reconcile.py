@@ -44,6 +44,9 @@ class FakeStack:
     def outputs(self):
         return {}
 
+    def export_stack(self):
+        return type("D", (), {"deployment": {"resources": []}})()
+
     def refresh(self, **_):
         self.refreshes += 1
 
