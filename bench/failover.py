@@ -53,6 +53,7 @@ PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 # (none chosen yet: 0 measures only 1 s and 0.1 s).
 RECOMMENDED_ADVERT = 0.0
 KUBE_VIP_DEFAULTS = (15, 10, 2)
+NO_OUTAGE = 0.1  # seconds: the longest gap between successful probes that is not an outage (10 probe intervals)
 EVENTS = ("holder crash", "backend crash", "API server SIGKILL", "graceful restart", "network cut 10 s")
 
 
@@ -421,12 +422,16 @@ def ratios(table: dict, strategies: list[str]) -> list[tuple[str, str]]:
             if (kv, event) not in table:
                 continue
             ref = statistics.median(r["outage"] for r in table[(kv, event)])
+            if ref <= NO_OUTAGE:
+                continue  # kube-vip has no outage here either: nothing to compare
             parts = []
             for label in strategies:
                 if label.startswith("kube-vip") or (label, event) not in table or "withdrawn" in table[(label, event)][0]:
                     continue
-                mine = max(statistics.median(r["outage"] for r in table[(label, event)]), 0.01)
-                parts.append(f"{label} {ref / mine:.0f}×")
+                mine = statistics.median(r["outage"] for r in table[(label, event)])
+                # Below NO_OUTAGE a client saw no outage (gaps of a few probe intervals): a ratio would only say how
+                # fast the prober is.
+                parts.append(f"{label} {ref / mine:.0f}×" if mine > NO_OUTAGE else f"{label}: no outage")
             if parts:
                 rows.append((f"{event}: {kv} median outage ÷ each strategy's", ", ".join(parts)))
     return rows
