@@ -8,8 +8,9 @@ balancers select:
 - it keeps the events about instances that can change a balancer: owned by the stack, matched by a balancer's
   selector now, or served at the last reconcile (a deleted or relabelled one); for `dns` balancers it also probes the
   proxy nodes, as `up` does, and reconciles when the healthy set differs from the published records;
-- after a short debounce it runs `up` (with a refresh first when a stack-owned instance was touched, so a stopped
-  one is started again); events that arrive during an `up` are coalesced into at most one more;
+- after a short debounce it runs `up`; when a stack-owned instance was touched, a refresh of just those instances and
+  a second `up` follow, so a stopped one is started again; events that arrive during an `up` are coalesced into at
+  most one more;
 - one log line per reconcile: the events that caused it, what changed, how long it took.
 
 It reconnects when incusd goes away (and reconciles once when it is back), backs off and retries a failed `up`, and
@@ -239,6 +240,11 @@ class Loop:
         t0 = time.monotonic()
         log(f"reconciling ({'; '.join(causes)})")
         try:
+            if refresh and "*" not in refresh:
+                # The balancers follow first (a stopped stack instance out of a dns record, say), with an `up` that
+                # needs no refresh; then the refresh that lets `up` repair the instance itself (start it again).
+                self.stack.up(on_output=lambda _: None, on_event=on_event)
+                log(f"balancers followed in {time.monotonic() - t0:.1f}s; refreshing {', '.join(sorted(refresh))}")
             if refresh:
                 targets = None if "*" in refresh else sorted(self.urns[n] for n in refresh if n in self.urns)
                 self.stack.refresh(on_output=lambda _: None, target=targets)

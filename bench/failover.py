@@ -501,6 +501,12 @@ def masters(instance: str) -> int:
     return out.count("Entering MASTER STATE")
 
 
+def instances_holding(address: str) -> list[str]:
+    return [i["name"] for i in incus().list_instances()
+            if address in [a["address"] for a in ((i.get("state") or {}).get("network") or {})
+                           .get("eth0", {}).get("addresses", [])]]
+
+
 def soak(args) -> list[tuple[str, str]]:
     from tests.integration.test_keepalived import config as keepalived_config
 
@@ -510,20 +516,22 @@ def soak(args) -> list[tuple[str, str]]:
     rows = []
     burners = []
     try:
-        for advert in intervals:
-            for kind in ("lxc", "keepalived"):
-                cluster = f"so{random.randrange(16**4):04x}"
-                vip, vrid = f"198.18.10.{random.randrange(100, 200)}", random.randrange(100, 250)
-                if kind == "lxc":
-                    values = base_config(instanceGroups=[demo_group(1, name="cp", cluster=cluster)], loadBalancers=[{
-                        "name": "api", "cluster": cluster, "type": "lxc", "lxc": {
-                            "replicas": 2, "vip": vip, "virtualRouterID": vrid, "advertIntervalSeconds": advert}}])
-                else:
-                    values = keepalived_config(cluster, vip, vrid, advert=advert)
-                name = unique_stack("so")
-                stack = project.stack(name, values)
-                stacks.append((kind, advert, name, stack))
-                stack.up(on_output=quiet)
+        # Distinct VIPs (outside the bridge's DHCP range, .100-.199) and router ids for every pair.
+        free = [a for a in range(20, 100) if not instances_holding(f"198.18.10.{a}")]
+        pairs = [(advert, kind) for advert in intervals for kind in ("lxc", "keepalived")]
+        for k, (advert, kind) in enumerate(pairs):
+            cluster = f"so{random.randrange(16**4):04x}"
+            vip, vrid = f"198.18.10.{free[k]}", 200 + k
+            if kind == "lxc":
+                values = base_config(instanceGroups=[demo_group(1, name="cp", cluster=cluster)], loadBalancers=[{
+                    "name": "api", "cluster": cluster, "type": "lxc", "lxc": {
+                        "replicas": 2, "vip": vip, "virtualRouterID": vrid, "advertIntervalSeconds": advert}}])
+            else:
+                values = keepalived_config(cluster, vip, vrid, advert=advert)
+            name = unique_stack("so")
+            stack = project.stack(name, values)
+            stacks.append((kind, advert, name, stack))
+            stack.up(on_output=quiet)
         time.sleep(10)  # first elections
         vrrp_nodes = {}
         for kind, advert, name, _ in stacks:
