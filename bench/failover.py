@@ -19,7 +19,7 @@ Events (each on the VIP holder where there is one; otherwise on a backend):
 
 `--soak SECONDS` instead measures false failovers: VRRP pairs (lxc) and keepalived nodes at each advert interval
 of `--intervals`, for SECONDS while two CPU burners keep both CPUs busy; it counts "Entering MASTER STATE" in the
-instances' console logs beyond the first election.
+instances' own counters (SIGUSR2 statistics, "Became master") during the soak.
 
 Run: `make bench` (python bench/failover.py [--quick] [--runs N] [--only LABEL,...] [--record]).
 """
@@ -496,9 +496,18 @@ class control_plane:
 # --- false failovers under CPU load ------------------------------------------------------------------------------
 
 def masters(instance: str) -> int:
-    """How many times keepalived in `instance` entered MASTER state (its console log)."""
-    out = subprocess.run(["incus", "console", instance, "--show-log"], capture_output=True, text=True).stdout
-    return out.count("Entering MASTER STATE")
+    """How many times keepalived in `instance` became VRRP master since it started (its own counters: SIGUSR2
+    writes /tmp/keepalived.stats)."""
+    import re
+
+    script = ("rm -f /tmp/keepalived.stats; kill -USR2 $(cat /run/keepalived.pid); "
+              "for i in 1 2 3 4 5 6 7 8 9 10; do [ -s /tmp/keepalived.stats ] && break; sleep 0.3; done; "
+              "cat /tmp/keepalived.stats")
+    rc, out, err = incus().exec(instance, ["sh", "-c", script])
+    counts = re.findall(r"Became master:\s*(\d+)", out)
+    if rc != 0 or not counts:
+        raise RuntimeError(f"no keepalived statistics from {instance}: {out[-300:]}{err[-300:]}")
+    return sum(int(c) for c in counts)
 
 
 def instances_holding(address: str) -> list[str]:

@@ -96,6 +96,12 @@ def render_nginx(stack: str, lb, rows: list[tuple[str, str, str]]) -> str:
 
 
 class DnsLoadBalancer(pulumi.ComponentResource):
+    @staticmethod
+    def preflight(ctx, lb, field: str, facts) -> None:
+        """Before anything is created: the proxy nodes' names fit, and their image is there."""
+        ctx.object_name(lb.name, "proxy", str(lb.dns.nodes.count))
+        facts.image_fingerprint(f"{field}.dns.nodes.instanceSpec.image", lb.dns.nodes.instance.image)
+
     def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("cplb:lb:DnsLoadBalancer", name, None, opts)
         ctx, lb, facts = args.ctx, args.spec, args.facts

@@ -28,6 +28,10 @@ def render_kube_vip(stack: str, lb) -> str:
 
 
 class ExternalLoadBalancer(pulumi.ComponentResource):
+    @staticmethod
+    def preflight(ctx, lb, field: str, facts) -> None:
+        """Nothing to check against Incus: the endpoint is the user's."""
+
     def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("cplb:lb:ExternalLoadBalancer", name, None, opts)
         ctx, lb = args.ctx, args.spec

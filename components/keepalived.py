@@ -14,9 +14,11 @@ from typing import Optional
 
 import pulumi
 
-from components.lxc import HAPROXY_CFG, HAPROXY_RELOAD, HAPROXY_VALIDATE, KEEPALIVED_CONF, KEEPALIVED_RELOAD
 from components.common import LoadBalancerArgs
-from components.lxc import CLUSTER_CA, KEEPALIVED_VALIDATE, RenderedBackend, haproxy_drain, render_haproxy
+from components.haproxy import (
+    CLUSTER_CA, HAPROXY_CFG, HAPROXY_RELOAD, HAPROXY_VALIDATE, KEEPALIVED_CONF, KEEPALIVED_RELOAD, KEEPALIVED_VALIDATE,
+    RenderedBackend, haproxy_drain, render_haproxy,
+)
 from components.render import Quoted, render
 import health
 from components.status import at_up, backends_condition, condition, ready_condition
@@ -80,6 +82,15 @@ def detect_mode(lb, facts, node_names: list[str]) -> str:
 
 
 class KeepalivedLoadBalancer(pulumi.ComponentResource):
+    @staticmethod
+    def preflight(ctx, lb, field: str, facts) -> None:
+        """Before anything is created: every VIP is a free address of the bridge's subnet."""
+        for j, vi in enumerate(lb.keepalived.vrrp_instances):
+            for k, vip in enumerate(vi.virtual_ips):
+                address, prefix = vip.split("/")
+                facts.check_vip(f"{field}.keepalived.vrrpInstances[{j}].virtualIPs[{k}]", address, ctx.incus.network,
+                                prefix=int(prefix))
+
     def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("cplb:lb:KeepalivedLoadBalancer", name, None, opts)
         ctx, lb, facts = args.ctx, args.spec, args.facts

@@ -16,6 +16,12 @@ REQUIRED_EXTENSIONS = ("instance_oci",)
 
 class OciLoadBalancer(HaproxyLoadBalancer):
     TYPE = "cplb:lb:OciLoadBalancer"
+
+    @staticmethod
+    def preflight(ctx, lb, field: str, facts) -> None:
+        """Before anything is created: the instance names fit, and the server runs OCI containers."""
+        ctx.object_name(lb.name, "haproxy", str(lb.lxc_spec.replicas))
+        facts.require_extensions(f"{field}.type (oci)", *REQUIRED_EXTENSIONS)
     CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"
     RELOAD = ["kill", "-USR2", "1"]
 

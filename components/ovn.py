@@ -30,6 +30,13 @@ def health_config(hc) -> dict:
 
 
 class OvnLoadBalancer(pulumi.ComponentResource):
+    @staticmethod
+    def preflight(ctx, lb, field: str, facts) -> None:
+        """Before anything is created: the server has network load balancers with health checks, and the listen
+        address is usable on the OVN network."""
+        facts.require_extensions(f"{field}.type (ovn)", *REQUIRED_EXTENSIONS)
+        facts.check_ovn_listen_address(field, lb.ovn.network_name, lb.ovn.listen_address)
+
     def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("cplb:lb:OvnLoadBalancer", name, None, opts)
         ctx, lb = args.ctx, args.spec

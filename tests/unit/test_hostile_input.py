@@ -24,7 +24,8 @@ import spec
 from components.dns import render_nginx
 from components.external import render_kube_vip
 from components.keepalived import render_node_conf
-from components.lxc import RenderedBackend, render_haproxy, render_vrrp_pair
+from components.haproxy import RenderedBackend, render_haproxy
+from components.lxc import render_vrrp_pair
 from components.render import RenderError, validate_manifest
 
 # What an attacker or a careless user would type: syntax of every file format, whitespace of every kind,

@@ -47,7 +47,7 @@ def test_userspace_mode_has_no_virtual_servers_and_v3_for_fractional_adverts():
 
 
 def test_haproxy_dual_stack_and_range_render_and_pass_haproxy_check(tmp_path):
-    from components.lxc import RenderedBackend, render_haproxy
+    from components.haproxy import RenderedBackend, render_haproxy
     from providers.haproxy_runtime import servers_in
 
     lb = spec.parse({"loadBalancers": [{"name": "api", "cluster": "demo", "type": "lxc",
@@ -74,7 +74,7 @@ def test_haproxy_dual_stack_and_range_render_and_pass_haproxy_check(tmp_path):
 def test_a_crashed_backend_is_marked_down_by_the_first_failed_connection(tmp_path):
     """The fast-down options: one failed connection marks a server down (observe layer4), the connect timeout is
     the LAN one from the stack config, checks speed up while failing; haproxy accepts them all."""
-    from components.lxc import RenderedBackend, render_haproxy
+    from components.haproxy import RenderedBackend, render_haproxy
 
     lb = spec.parse({"loadBalancers": [{"name": "api", "cluster": "demo", "type": "lxc",
                                         "healthCheck": {"mode": "https", "intervalSeconds": 1, "rise": 1, "fall": 2,
