@@ -26,6 +26,10 @@ VERSION = "v1alpha1"
 NAMESPACE = "kube-system"
 READY_WAIT_SECONDS = 180.0
 MANAGED_BY = {"app.kubernetes.io/managed-by": "incus-cplb"}
+# pulumi-kubernetes deletes with foreground propagation by default, which leaves the object to the garbage collector
+# (kube-controller-manager) to finish: a control plane without it (as here) never would, and `up` would wait on the
+# deletion forever. Background deletion is done by the API server itself.
+BACKGROUND_DELETE = {"pulumi.com/deletionPropagationPolicy": "background"}
 
 
 def _crd(kind: str, plural: str, columns: list[dict], properties: dict) -> dict:
@@ -222,7 +226,8 @@ class Publication(pulumi.ComponentResource):
         crds = [
             k8s.apiextensions.v1.CustomResourceDefinition(
                 f"{name}-crd-{crd['names']['plural']}",
-                metadata={"name": f"{crd['names']['plural']}.{GROUP}", "labels": MANAGED_BY},
+                metadata={"name": f"{crd['names']['plural']}.{GROUP}", "labels": MANAGED_BY,
+                          "annotations": BACKGROUND_DELETE},
                 spec=crd, opts=in_cluster)
             for crd in (LOAD_BALANCER_CRD, ROUTING_CRD)
         ]
@@ -231,7 +236,8 @@ class Publication(pulumi.ComponentResource):
         self.objects: dict[str, KubeObject] = {}
         for b in args.balancers:
             lb = b.spec
-            meta = {"name": lb.name, "namespace": NAMESPACE, "labels": labels(args.stack, lb.name)}
+            meta = {"name": lb.name, "namespace": NAMESPACE, "labels": labels(args.stack, lb.name),
+                    "annotations": BACKGROUND_DELETE}
             fields = b.outputs.apply(lambda o, lb=lb: load_balancer_fields(lb, o))
             obj = KubeObject(f"{name}-{lb.name}-loadbalancer", api_version, "LoadBalancer",
                              {"metadata": meta, "spec": fields["spec"], "status": fields["status"]}, after_crds)
