@@ -252,10 +252,12 @@ def test_a_removed_balancer_loses_its_objects_and_destroy_removes_them_all(k8s):
         urns = [r["urn"] for r in stack.export_stack().deployment["resources"] if r["type"] == "cplb:k8s:Publication"]
         assert len(urns) == 1, urns
         stack.destroy(target=urns, target_dependents=True, on_output=quiet)
-        assert published(kube, name) == {"LoadBalancer": {}, "LoadBalancerRouting": {}}
         for crd in ("loadbalancers.cplb.incus.dev", "loadbalancerroutings.cplb.incus.dev"):
             r = kube.run("get", "crd", crd)
             assert r.returncode != 0 and "NotFound" in r.stderr, r.stdout + r.stderr
+        # The types are gone, and every object of them with them.
+        r = kube.run("get", "loadbalancers,loadbalancerroutings", "-A", "-o", "json")
+        assert r.returncode != 0 and "could not find the requested resource" in r.stderr, r.stdout + r.stderr
         left = [r["type"] for r in stack.export_stack().deployment["resources"] if r["type"].startswith("kubernetes:")]
         assert left == [], left
     finally:
