@@ -269,8 +269,9 @@ class Loop:
         if once:
             return 0 if self.reconcile(["--once"], refresh={"*"}) else 1
         deadline = time.monotonic() + max_seconds
-        pending: list[str] = []
-        pending_refresh: set = set()
+        # Catch up first: whatever changed while nothing was watching (as after a reconnect).
+        pending: list[str] = ["watch started"]
+        pending_refresh: set = {"*"}
         backoff = 0.0
         while not self.stop.is_set() and time.monotonic() < deadline and self.ups < max_ups:
             causes, refresh = self.relevant(self.collect(self.dns_interval if not pending else 0.1))

@@ -88,8 +88,9 @@ class Strategy:
         if self.kind == "ovn":
             lb = client.call("GET", f"networks/{OVN_NETWORK}/load-balancers/{self.listen}")
             inst = client.get_instance(instance)
-            address = next((a["address"] for a in ((inst or {}).get("state") or {}).get("network", {})
-                            .get("eth0", {}).get("addresses", []) if a["family"] == "inet"), None)
+            network = ((inst or {}).get("state") or {}).get("network") or {}  # none while stopped
+            address = next((a["address"] for a in network.get("eth0", {}).get("addresses", [])
+                            if a["family"] == "inet"), None)
             return any(b.get("target_address") == address for b in lb.get("backends") or []) if address else \
                 any(b.get("name") == instance for b in lb.get("backends") or [])
         holder = f"{name}-api-haproxy-1" if self.kind == "lxc" else self.group_members(name)[0]
