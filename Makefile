@@ -40,6 +40,8 @@ unit:
 bench: setup
 	@.venv/bin/python bench/failover.py --record $(BENCH_FLAGS)
 	@.venv/bin/python bench/failover.py --soak 600 --record
+	@.venv/bin/python bench/watch_latency.py --record
+	@.venv/bin/python bench/publish_cost.py --record
 	@.venv/bin/python bench/lxc.py --record
 	@.venv/bin/python bench/ovn.py --record
 	@.venv/bin/python bench/keepalived.py --record
