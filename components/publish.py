@@ -219,8 +219,12 @@ class Publication(pulumi.ComponentResource):
         # Wait for the endpoint after every balancer's status is read (their config files are in place by then).
         kubeconfig = pulumi.Output.secret(pulumi.Output.all(args.kubeconfig, *[b.outputs for b in args.balancers])
                                           .apply(lambda v: when_answering(v[0])))
+        # The kubeconfig changes when the endpoint does (lxc -> a VIP) and is unknown while a balancer updates; the
+        # provider would then plan to replace every object (a cluster it takes for another one). The cluster is the
+        # same as long as its name in the stack is: only a change of this identifier replaces.
         provider = k8s.Provider(
             f"{name}-provider", kubeconfig=kubeconfig, enable_server_side_apply=True,
+            cluster_identifier=f"incus-cplb/{args.stack}/{args.cluster}",
             opts=pulumi.ResourceOptions(parent=self, depends_on=[b.component for b in args.balancers if b.component]))
         in_cluster = pulumi.ResourceOptions(parent=self, provider=provider)
         crds = [
