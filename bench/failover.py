@@ -42,8 +42,8 @@ sys.path.insert(0, ROOT)
 
 from bench.report import emit  # noqa: E402
 from tests.helpers import (  # noqa: E402
-    ProjectCopy, base_config, clients_reach_only, demo_group, incus, instances_with_prefix, local_dns_server, partition,
-    unique_stack, wait_for,
+    ProjectCopy, base_config, clients_reach_only, demo_group, eth0_addresses, incus, instances_with_prefix,
+    local_dns_server, partition, unique_stack, vip_holders, wait_for,
 )
 from tests.k8s import readyz_check, real_control_plane  # noqa: E402
 
@@ -224,10 +224,7 @@ class Bench:
         return dict(zip(self.cluster["controlPlane"], self.cluster["addresses"]))[instance]
 
     def holders(self, s: Strategy) -> list[str]:
-        prefix = f"{self.name}-{s.holder_prefix}"
-        return sorted(n for n, inst in instances_with_prefix(prefix).items()
-                      if s.vip in [a["address"] for a in ((inst.get("state") or {}).get("network") or {})
-                                   .get("eth0", {}).get("addresses", [])])
+        return vip_holders(f"{self.name}-{s.holder_prefix}", s.vip)
 
     def single_holder(self, s: Strategy, seconds: float = 60) -> Optional[str]:
         def once():
@@ -510,12 +507,6 @@ def masters(instance: str) -> int:
     return sum(int(c) for c in counts)
 
 
-def instances_holding(address: str) -> list[str]:
-    return [i["name"] for i in incus().list_instances()
-            if address in [a["address"] for a in ((i.get("state") or {}).get("network") or {})
-                           .get("eth0", {}).get("addresses", [])]]
-
-
 def soak(args) -> list[tuple[str, str]]:
     from tests.integration.test_keepalived import config as keepalived_config
 
@@ -526,7 +517,8 @@ def soak(args) -> list[tuple[str, str]]:
     burners = []
     try:
         # Distinct VIPs (outside the bridge's DHCP range, .100-.199) and router ids for every pair.
-        free = [a for a in range(20, 100) if not instances_holding(f"198.18.10.{a}")]
+        used = {a for inst in incus().list_instances() for a in eth0_addresses(inst)}
+        free = [a for a in range(20, 100) if f"198.18.10.{a}" not in used]
         pairs = [(advert, kind) for advert in intervals for kind in ("lxc", "keepalived")]
         for k, (advert, kind) in enumerate(pairs):
             cluster = f"so{random.randrange(16**4):04x}"

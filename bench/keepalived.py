@@ -22,8 +22,10 @@ sys.path.insert(0, ROOT)
 
 from bench.lxc import quiet, wrk  # noqa: E402
 from bench.report import emit, traffic_arguments  # noqa: E402
-from tests.helpers import ProjectCopy, http_get, incus, service_down, service_up, unique_stack, wait_for  # noqa: E402
-from tests.integration.test_keepalived import config, holders, settled  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    ProjectCopy, http_get, incus, service_down, service_up, unique_stack, vip_holders, wait_for,
+)
+from tests.integration.test_keepalived import config, settled  # noqa: E402
 
 
 def measure(event, vip: str, nodes: list[str]) -> float:
@@ -107,7 +109,7 @@ def run(project: ProjectCopy, advert: float, runs: int, seconds: int = 10, conne
                 else:
                     results[kind].append(measure(lambda: service_down(holder, "apiserver"), vip, nodes))
                     service_up(holder, "apiserver")
-                wait_for(lambda: len(holders(name, vip)) == 1 and
+                wait_for(lambda: len(vip_holders(name, vip)) == 1 and
                          all(incus().get_instance(n)["status"] == "Running" for n in nodes), 60)
         v = f"v{3 if not float(advert).is_integer() else 2}"
         for kind, times in results.items():

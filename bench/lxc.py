@@ -23,8 +23,7 @@ sys.path.insert(0, ROOT)
 
 from bench.report import emit, traffic_arguments  # noqa: E402
 from tests.helpers import (  # noqa: E402
-    ProjectCopy, base_config, http_get, incus, instances_with_prefix, launch_external, set_label, unique_stack,
-    wait_for,
+    ProjectCopy, base_config, http_get, incus, launch_external, set_label, unique_stack, vip_holders, wait_for,
 )
 
 
@@ -53,15 +52,6 @@ def lb_config(cluster: str, **lxc) -> dict:
         "healthCheck": {"mode": "tcp", "intervalSeconds": 1, "rise": 1, "fall": 2},
         "lxc": {"replicas": 1, **lxc},
     }])
-
-
-def holders(stack: str, vip: str) -> list[str]:
-    out = []
-    for name, inst in instances_with_prefix(stack).items():
-        addrs = (((inst.get("state") or {}).get("network") or {}).get("eth0") or {}).get("addresses", [])
-        if vip in [a["address"] for a in addrs]:
-            out.append(name)
-    return out
 
 
 def main() -> int:
@@ -122,9 +112,9 @@ def main() -> int:
         times = []
         for _ in range(args.failovers):
             def settled():
-                first = holders(ha_name, vip)
+                first = vip_holders(ha_name, vip)
                 time.sleep(2)
-                return first[0] if len(first) == 1 and holders(ha_name, vip) == first else None
+                return first[0] if len(first) == 1 and vip_holders(ha_name, vip) == first else None
 
             holder = wait_for(settled, 60)
             wait_for(lambda: http_get(vip, 6443) in names, 20)

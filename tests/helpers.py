@@ -37,6 +37,18 @@ def instances_with_prefix(prefix: str) -> dict[str, dict]:
     return {i["name"]: i for i in incus().list_instances() if i["name"].startswith(prefix + "-")}
 
 
+def eth0_addresses(inst: dict) -> list[str]:
+    """Every address on an instance's eth0 (none while it is stopped)."""
+    return [a["address"] for a in (((inst.get("state") or {}).get("network") or {}).get("eth0") or {})
+            .get("addresses", [])]
+
+
+def vip_holders(prefix: str, vip: str) -> list[str]:
+    """The instances named `<prefix>-...` that have `vip` on eth0, read from Incus, sorted."""
+    return sorted(i["name"] for i in incus().list_instances()
+                  if i["name"].startswith(prefix + "-") and vip in eth0_addresses(i))
+
+
 def http_get(host: str, port: int, path: str = "/", timeout: float = 3.0) -> Optional[str]:
     try:
         with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=timeout) as resp:

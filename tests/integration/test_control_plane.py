@@ -16,7 +16,8 @@ import time
 import pytest
 
 from tests.helpers import (
-    clients_reach_only, http_get, incus, instances_with_prefix, neighbour_mac, partition, pulumi_stack, wait_for,
+    clients_reach_only, http_get, incus, instances_with_prefix, neighbour_mac, partition, pulumi_stack, vip_holders,
+    wait_for,
 )
 from tests.k8s import Kubectl
 
@@ -361,12 +362,6 @@ def test_a_watch_survives_a_balancer_reload(k8s):
     finally:
         incus().delete_instance(extra)
         stack.up(on_output=quiet)
-
-
-def vip_holders(prefix: str, vip: str) -> list[str]:
-    return sorted(n for n, inst in instances_with_prefix(prefix).items()
-                  if vip in [a["address"] for a in ((inst.get("state") or {}).get("network") or {})
-                             .get("eth0", {}).get("addresses", [])])
 
 
 def split_brain_heals(prefix: str, vip: str, advert_seconds: float):

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from tests.helpers import (
-    base_config, http_get, incus, instances_with_prefix, pulumi_stack, service_down, service_up, wait_for,
+    base_config, http_get, incus, instances_with_prefix, pulumi_stack, service_down, service_up, vip_holders, wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -29,16 +29,10 @@ def config(cluster: str, vip: str, vrid: int, advert: float = 1, extra_vips=()) 
     )
 
 
-def holders(prefix: str, vip: str) -> list:
-    return sorted(name for name, inst in instances_with_prefix(prefix).items()
-                  if vip in [a["address"] for a in ((inst.get("state") or {}).get("network") or {})
-                             .get("eth0", {}).get("addresses", [])])
-
-
 def settled(prefix: str, vip: str):
-    first = holders(prefix, vip)
+    first = vip_holders(prefix, vip)
     time.sleep(3)
-    return first[0] if len(first) == 1 and holders(prefix, vip) == first else None
+    return first[0] if len(first) == 1 and vip_holders(prefix, vip) == first else None
 
 
 def test_keepalived_vip_follows_api_server_health():
@@ -60,13 +54,13 @@ def test_keepalived_vip_follows_api_server_health():
 
         # Exactly one node holds the VIP, and VIP:6443 is answered (haproxy spreads over all three).
         holder = wait_for(lambda: settled(name, vip), 40)
-        assert holder in nodes, holders(name, vip)
+        assert holder in nodes, vip_holders(name, vip)
         assert wait_for(lambda: {http_get(vip, 6443) for _ in range(9)} == set(nodes), 20)
 
         # The API server on the holder dies: track_script moves the VIP.
         service_down(holder, "apiserver")
         t0 = time.monotonic()
-        assert wait_for(lambda: holders(name, vip) and holder not in holders(name, vip), 20, 0.1)
+        assert wait_for(lambda: vip_holders(name, vip) and holder not in vip_holders(name, vip), 20, 0.1)
         assert wait_for(lambda: http_get(vip, 6443, timeout=0.5) in nodes, 15, 0.05)
         print(f"\nkeepalived: API server down on {holder}: VIP answered again after {time.monotonic() - t0:.2f}s")
         service_up(holder, "apiserver")
@@ -77,7 +71,7 @@ def test_keepalived_vip_follows_api_server_health():
         t0 = time.monotonic()
         assert wait_for(lambda: http_get(vip, 6443, timeout=0.5) in nodes, 15, 0.05)
         print(f"keepalived: {second} stopped (--force): VIP answered again after {time.monotonic() - t0:.2f}s")
-        assert holders(name, vip) and second not in holders(name, vip)
+        assert vip_holders(name, vip) and second not in vip_holders(name, vip)
         incus().set_state(second, "start")
         wait_for(lambda: http_get(incus().wait_for_address(second)["state"]["network"]["eth0"]["addresses"][0]
                                   ["address"], 6443) == second, 30)
@@ -103,5 +97,5 @@ def test_keepalived_vip_follows_api_server_health():
         stack.up(on_output=quiet)
         assert {n: i["config"]["volatile.uuid"] for n, i in instances_with_prefix(name).items()} == uuids
         assert "advert_int 2" in incus().pull_file(nodes[0], "/etc/keepalived/keepalived.conf")[0].decode()
-        assert wait_for(lambda: len(holders(name, extra)) == 1, 20)
+        assert wait_for(lambda: len(vip_holders(name, extra)) == 1, 20)
         assert wait_for(lambda: http_get(extra, 6443) in nodes, 15)

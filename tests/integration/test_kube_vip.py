@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.helpers import (
-    base_config, clients_reach_only, incus, instances_with_prefix, neighbour_mac, partition, pulumi_stack, wait_for,
+    base_config, clients_reach_only, incus, neighbour_mac, partition, pulumi_stack, vip_holders, wait_for,
 )
 from tests.k8s import Kubectl, real_control_plane
 
@@ -23,19 +23,12 @@ def quiet(_):
     pass
 
 
-def holders(prefix: str, vip: str) -> list[str]:
-    """The instances that have the VIP on eth0, read from Incus."""
-    return sorted(name for name, inst in instances_with_prefix(prefix).items()
-                  if vip in [a["address"] for a in ((inst.get("state") or {}).get("network") or {})
-                             .get("eth0", {}).get("addresses", [])])
-
-
 def single_holder(prefix: str, vip: str, settle: float = 3.0) -> list[str]:
     """The holders, once the same set was seen twice `settle` seconds apart."""
     while True:
-        first = holders(prefix, vip)
+        first = vip_holders(prefix, vip)
         time.sleep(settle)
-        if holders(prefix, vip) == first:
+        if vip_holders(prefix, vip) == first:
             return first
 
 
@@ -52,7 +45,7 @@ def test_kube_vip_holds_the_vip_and_moves_it_when_the_holder_crashes():
         for n in (1, 2, 3):
             rc, out, _ = incus().exec(f"{prefix}-{n}", ["cat", "/etc/kubernetes/manifests/kube-vip.yaml"])
             assert rc == 0 and f'"{vip}"' in out
-        assert wait_for(lambda: len(holders(prefix, vip)) == 1, 60), "no node took the VIP"
+        assert wait_for(lambda: len(vip_holders(prefix, vip)) == 1, 60), "no node took the VIP"
         first = single_holder(prefix, vip)
         assert len(first) == 1, f"VIP held by {first}"
         kube = Kubectl(up.outputs["clusters"].value[CLUSTER]["kubeconfig"])
@@ -69,8 +62,8 @@ def test_kube_vip_holds_the_vip_and_moves_it_when_the_holder_crashes():
             with partition(first[0]):
                 t0 = time.monotonic()
                 # The cut-off leader cannot renew its lease: another node takes the lease and the VIP.
-                assert wait_for(lambda: any(h != first[0] for h in holders(prefix, vip)), 9.5), \
-                    holders(prefix, vip)
+                assert wait_for(lambda: any(h != first[0] for h in vip_holders(prefix, vip)), 9.5), \
+                    vip_holders(prefix, vip)
                 time.sleep(max(0.0, 10 - (time.monotonic() - t0)))
             time.sleep(5)  # one lease period (leaseDurationSeconds)
             settled = single_holder(prefix, vip)
@@ -82,7 +75,7 @@ def test_kube_vip_holds_the_vip_and_moves_it_when_the_holder_crashes():
             # The holder crashes: another node takes the lease and the VIP, kubectl works again.
             stopped = first[0]
             incus().call("PUT", f"instances/{stopped}/state", json={"action": "stop", "force": True})
-            assert wait_for(lambda: holders(prefix, vip) not in ([], first), 60), "the VIP did not move"
+            assert wait_for(lambda: vip_holders(prefix, vip) not in ([], first), 60), "the VIP did not move"
             after = single_holder(prefix, vip)
             assert len(after) == 1 and after != first, after
             kube.becomes_ready(60)

@@ -13,7 +13,8 @@ import pytest
 from providers.incus_client import IncusError
 from providers.instance_file import InstanceFileProvider
 from tests.helpers import (
-    Load, base_config, http_get, incus, instances_with_prefix, launch_external, pulumi_stack, set_label, wait_for,
+    Load, base_config, http_get, incus, instances_with_prefix, launch_external, pulumi_stack, set_label, vip_holders,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -201,11 +202,7 @@ def test_ha_pair_moves_the_vip_when_the_holder_dies(control_plane):
         assert up.outputs["loadBalancers"].value["api"]["mode"] == "vrrp"
 
         def holders():
-            return sorted(
-                inst_name for inst_name, inst in instances_with_prefix(name).items()
-                if vip in [a["address"] for a in
-                           (((inst.get("state") or {}).get("network") or {}).get("eth0") or {}).get("addresses", [])]
-            )
+            return vip_holders(name, vip)
 
         def settled():
             # Exactly one holder, the same over 3 s (the higher priority preempts once both run).
