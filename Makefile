@@ -36,11 +36,14 @@ unit:
 
 # Benchmarks print their figures and append them, dated, to docs/benchmarks.md.
 # bench/failover.py: one harness, every strategy, the real control plane (BENCH_FLAGS=--quick for 3 runs per cell);
-# then the false-failover soak that picked the recommended VRRP advert interval.
-bench: setup
+# then the false-failover soak that picked the recommended VRRP advert interval; bench/latency.py: the latency a
+# balancer adds at a fixed request rate (vegeta, built by `scripts/setup --bench`).
+bench:
+	@scripts/setup --bench
 	@.venv/bin/python bench/failover.py --record $(BENCH_FLAGS)
 	@.venv/bin/python bench/failover.py --soak 600 --record
 	@.venv/bin/python bench/watch_latency.py --record
+	@.venv/bin/python bench/latency.py --record
 	@.venv/bin/python bench/publish_cost.py --record
 	@.venv/bin/python bench/lxc.py --record
 	@.venv/bin/python bench/ovn.py --record

@@ -19,7 +19,7 @@ from components.common import LoadBalancerArgs
 from components.render import render
 from components.targets import resolve_targets, routing
 import health
-from components.status import at_up, backends_condition, condition, ready_condition
+from components.status import backends_condition, balancer_status, condition, ready_condition
 from facts import tcp_probe
 from providers.dns_records import DnsRecordSet
 from providers.instance import Instance
@@ -95,6 +95,28 @@ def render_nginx(stack: str, lb, rows: list[tuple[str, str, str]]) -> str:
                   max_fails=lb.health_check.fall, fail_timeout=max(lb.health_check.interval_seconds, 1) * 5)
 
 
+def read_status(probe: dict, client) -> dict:
+    """The proxy nodes running, the name answered by the stack's DNS server with exactly what was published, the
+    endpoint answering at each answer, and every role target by a TCP probe (nginx stream has no health API)."""
+    incus = client()
+    states = [(incus.get_instance(n) or {}).get("status", "Missing") for n in probe["nodes"]]
+    running = sum(s == "Running" for s in states)
+    answers = health.dns_answers(probe["server"], probe["fqdn"])
+    published = sorted(probe["published"])
+    targets = {(a, int(p)) for a, p in probe["targets"]}
+    alive = sum(tcp_probe(a, p) == "ok" for a, p in targets)
+    host = lambda a: f"[{a}]" if ":" in a else a  # noqa: E731
+    return {"conditions": [
+        condition("Exists", running == len(states), "NodesRunning" if running == len(states)
+                  else "NodesNotRunning", f"{running} of {len(states)} proxy nodes running"),
+        ready_condition([f"{host(a)}:{probe['apiPort']}" for a in answers], health.endpoint_answers),
+        backends_condition(alive, len(targets), "TCP probes of the role targets; nginx stream has no health API"),
+        condition("DNSResolvable", bool(answers) and answers == published,
+                  "Published" if answers == published and answers else "Mismatch",
+                  f"{probe['fqdn']} -> {', '.join(answers) or 'nothing'} at {probe['server']}"),
+    ]}
+
+
 class DnsLoadBalancer(pulumi.ComponentResource):
     @staticmethod
     def preflight(ctx, lb, field: str, facts) -> None:
@@ -122,11 +144,12 @@ class DnsLoadBalancer(pulumi.ComponentResource):
             lambda addrs: render_nginx(ctx.stack, lb, [(rn, v4, v6) for (rn, _), (v4, v6) in zip(flat, addrs)]))
         spec = dns.nodes.instance
         labels = {"user.cluster-name": lb.cluster, "user.cluster-role": "loadbalancer", "user.cplb.balancer": lb.name}
+        node_names = [ctx.object_name(lb.name, "proxy", str(n)) for n in range(1, dns.nodes.count + 1)]
         self.nodes: list[Instance] = []
         self.files: list[InstanceFile] = []
         for n in range(1, dns.nodes.count + 1):
             node = Instance(
-                f"{name}-proxy-{n}", name=ctx.object_name(lb.name, "proxy", str(n)), image=spec.image,
+                f"{name}-proxy-{n}", name=node_names[n - 1], image=spec.image,
                 image_fingerprint=facts.image_fingerprint(f"{args.field}.dns.nodes.instanceSpec.image", spec.image),
                 connection=ctx.connection, credentials=ctx.credentials, owner_stack=ctx.stack,
                 address_families=ctx.address_families,
@@ -180,28 +203,12 @@ class DnsLoadBalancer(pulumi.ComponentResource):
         tcp_targets = [(b, ports[rn]) for rn, b in flat
                        if next(r.protocol for r in dns.roles if r.name == rn) == "tcp"]
 
-        def conditions(v) -> list[dict]:
-            states, published, targets = v[0], sorted(v[1] or []), v[2]
-            running = sum(s == "Running" for s in states)
-            answers = health.dns_answers(dns.server, dns.fqdn)
-            probes = {(a, p) for a, p in targets if a}
-            alive = sum(tcp_probe(a, p) == "ok" for a, p in probes)
-            host = lambda a: f"[{a}]" if ":" in a else a  # noqa: E731
-            return [
-                condition("Exists", running == len(states), "NodesRunning" if running == len(states)
-                          else "NodesNotRunning", f"{running} of {len(states)} proxy nodes running"),
-                ready_condition([f"{host(a)}:{api_port}" for a in answers], health.endpoint_answers),
-                backends_condition(alive, len(probes), "TCP probes of the role targets; nginx stream has no "
-                                   "health API"),
-                condition("DNSResolvable", bool(answers) and answers == published,
-                          "Published" if answers == published and answers else "Mismatch",
-                          f"{dns.fqdn} -> {', '.join(answers) or 'nothing'} at {dns.server}"),
-            ]
-
-        self.status = at_up(pulumi.Output.all(
-            pulumi.Output.all(*[n.status for n in self.nodes]), self.records.published,
-            pulumi.Output.all(*[pulumi.Output.all(b.address, p) for b, p in tcp_targets])), conditions,
-            kinds=("Exists", "Ready", "BackendsHealthy", "DNSResolvable"), after=args.ready_after)
+        probe = pulumi.Output.all(self.records.published,
+                                  pulumi.Output.all(*[pulumi.Output.all(b.address, p) for b, p in tcp_targets])).apply(
+            lambda v: {"strategy": "dns", "balancer": lb.name, "nodes": list(node_names),
+                       "server": dns.server, "fqdn": dns.fqdn, "apiPort": api_port, "published": sorted(v[0] or []),
+                       "targets": [list(t) for t in sorted({(a, p) for a, p in v[1] if a})]})
+        self.status, _ = balancer_status(name, self, ctx, probe, trigger=configured, after=args.ready_after)
         self.endpoint_hosts = node_addresses.apply(lambda addrs: [self_endpoint, *addrs])
         self.outputs = pulumi.Output.all(node_addresses, healthy_addresses, self.records.published,
                                          self.status, probe_settings).apply(

@@ -12,7 +12,7 @@ import pulumi
 
 from components.common import LoadBalancerArgs
 from components.render import render
-from components.status import at_up, condition
+from components.status import condition
 from providers.instance_file import InstanceFile
 
 
@@ -50,13 +50,16 @@ class ExternalLoadBalancer(pulumi.ComponentResource):
                 ))
         self.endpoint = pulumi.Output.from_input(ext.endpoint)
         pushed = pulumi.Output.all(*[f.content_hash for f in self.files])
-        # The endpoint is the user's: incus-cplb never sends traffic to addresses it did not create.
-        self.status = at_up(pushed, after=args.ready_after, compute=lambda _: [
+        # The endpoint is the user's: incus-cplb never sends traffic to addresses it did not create, so there is
+        # nothing live to read and no status resource: the conditions are known, in a preview too.
+        conditions = [
             condition("Exists", True, "External", "nothing to provision" + (
                 f"; kube-vip manifest on {len(self.files)} instances" if kv else "")),
             condition("Ready", None, "NotProbed", f"{ext.endpoint} is not probed (not an address this stack made)"),
             condition("BackendsHealthy", None, "NotProbed", "the external balancer's backends are not visible"),
-        ])
+        ]
+        after = args.ready_after if args.ready_after is not None else True
+        self.status = pulumi.Output.all(pushed, after).apply(lambda _: {"conditions": conditions})
         self.outputs = pulumi.Output.all(pushed, self.status).apply(lambda v: {
             "type": "external",
             "endpoint": ext.endpoint,

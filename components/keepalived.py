@@ -21,9 +21,10 @@ from components.haproxy import (
 )
 from components.render import Quoted, render
 import health
-from components.status import at_up, backends_condition, condition, ready_condition
+from components.status import backends_condition, balancer_status, condition, ready_condition
 from components.targets import port_pairs, routing
 from facts import tcp_probe
+from providers.incus_client import addresses_of
 from providers.instance_file import InstanceFile
 
 # The node's own API server, at the node's address (a real kube-apiserver binds it only, so that haproxy can bind
@@ -81,6 +82,37 @@ def detect_mode(lb, facts, node_names: list[str]) -> str:
     return "ipvs" if facts.nodes_have_ipvs(node_names) else "userspace"
 
 
+def vip_holders(incus, nodes: list[str], vips: list[str]) -> dict[str, str]:
+    """VIP -> the node that has it on an interface now (read from Incus)."""
+    held: dict[str, str] = {}
+    for node in nodes:
+        inst = incus.get_instance(node) or {}
+        for family in addresses_of(inst).values():
+            for address in family:
+                if address in vips:
+                    held.setdefault(address, node)
+    return held
+
+
+def read_status(probe: dict, client) -> dict:
+    """The VIPs held, the endpoint answering, and each node's API server by a TCP probe (keepalived has no API
+    that says how its checks see them)."""
+    incus, vips, nodes = client(), probe["vips"], probe["nodes"]
+    alive = sum(tcp_probe(a, probe["backendPort"]) == "ok" for a in probe["addresses"])
+    # Right after a config push, VRRP needs the track script to rise and a few adverts to elect a holder.
+    deadline = time.monotonic() + HOLDER_WAIT_SECONDS
+    held = vip_holders(incus, nodes, vips)
+    while len(held) < len(vips) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        held = vip_holders(incus, nodes, vips)
+    return {"observed": {"holders": held}, "conditions": [
+        condition("Exists", len(held) == len(vips), "VIPsHeld" if len(held) == len(vips) else "VIPNotHeld",
+                  ", ".join(f"{vip} on {held.get(vip, 'nobody')}" for vip in vips)),
+        ready_condition([f"{vip}:{probe['port']}" for vip in vips], health.endpoint_answers),
+        backends_condition(alive, len(probe["addresses"]), "TCP probes of the nodes' API servers"),
+    ]}
+
+
 class KeepalivedLoadBalancer(pulumi.ComponentResource):
     @staticmethod
     def preflight(ctx, lb, field: str, facts) -> None:
@@ -136,34 +168,20 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self, depends_on=deps),
                 ))
 
-        holders = facts.vip_holders(vips)
         self.endpoint = pulumi.Output.from_input(f"{vips[0]}:{port.port}")
         done = pulumi.Output.all(*[f.content_hash for f in self.files])
-        def conditions(v) -> list[dict]:
-            addrs = [a for a in v[0] if a]
-            alive = sum(tcp_probe(a, port.backend_port) == "ok" for a in addrs)
-            # Right after a config push, VRRP needs the track script to rise and a few adverts to elect a holder.
-            deadline = time.monotonic() + HOLDER_WAIT_SECONDS
-            held = facts.vip_holders(vips, fresh=True)
-            while len(held) < len(vips) and time.monotonic() < deadline:
-                time.sleep(0.5)
-                held = facts.vip_holders(vips, fresh=True)
-            return [
-                condition("Exists", len(held) == len(vips), "VIPsHeld" if len(held) == len(vips) else "VIPNotHeld",
-                          ", ".join(f"{vip} on {held.get(vip, 'nobody')}" for vip in vips)),
-                ready_condition([f"{vip}:{port.port}" for vip in vips], health.endpoint_answers),
-                backends_condition(alive, len(addrs), "TCP probes of the nodes' API servers"),
-            ]
-
-        self.status = at_up(pulumi.Output.all(addresses, done), conditions, after=args.ready_after)
+        probe = addresses.apply(lambda addrs: {
+            "strategy": "keepalived", "balancer": lb.name, "nodes": names, "vips": vips, "port": port.port,
+            "addresses": [a for a in addrs if a], "backendPort": port.backend_port})
+        self.status, observed = balancer_status(name, self, ctx, probe, trigger=done, after=args.ready_after)
         self.endpoint_hosts = pulumi.Output.from_input([f"{vip}:{port.port}" for vip in vips])
-        self.outputs = pulumi.Output.all(addresses, done, self.status).apply(lambda v: {
+        self.outputs = pulumi.Output.all(addresses, done, self.status, observed).apply(lambda v: {
             "type": "keepalived",
             "endpoint": f"{vips[0]}:{port.port}",
             "mode": mode,
             "vips": vips,
-            # Read when the program ran (`make up` refreshes first): the node holding each VIP then.
-            "holders": {vip: holders.get(vip) for vip in vips},
+            # Read with the conditions (at `up` when the balancer changed, and at every refresh).
+            "holders": {vip: (v[3].get("holders") or {}).get(vip) for vip in vips},
             "addresses": [a for a in v[0] if a],
             "backends": [{"name": n, "address": a, "port": port.backend_port} for n, a in zip(names, v[0]) if a],
             "status": v[2],

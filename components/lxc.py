@@ -19,7 +19,7 @@ from components.haproxy import (
 )
 import health
 from components.render import render
-from components.status import at_up, backends_condition, condition, ready_condition
+from components.status import backends_condition, balancer_status, condition, ready_condition
 from components.targets import port_pairs, routing
 from providers.instance import Instance
 from providers.instance_file import InstanceFile
@@ -35,6 +35,31 @@ def render_vrrp_pair(stack: str, lb: LoadBalancerSpec, router_id: str, priority:
         interface="eth0", virtual_router_id=lxc.virtual_router_id,
         priority=priority, auth_pass=lxc.auth_pass, advert_int=lxc.advert_int_text, version3=lxc.needs_v3, vip=lxc.vip, prefix_len=prefix_len,
     )
+
+
+def read_status(probe: dict, client) -> dict:
+    """The balancer as it is now: its instances running, the endpoint answering, and every backend as haproxy's
+    own checks see it (the runtime API of the first running replica)."""
+    incus = client()
+    names = probe["instances"]
+    states = {n: (incus.get_instance(n) or {}).get("status", "Missing") for n in names}
+    running = [n for n in names if states[n] == "Running"]
+    wanted = set(probe["backends"])
+    servers: dict = {}
+    # A server that just became ready is seen by haproxy's next check: wait a little (bounded) for it.
+    deadline = time.monotonic() + BACKENDS_SETTLE_SECONDS
+    while running:
+        servers = health.haproxy_servers(incus, running[0], settle_seconds=5.0)
+        if all(servers.get(n) for n in wanted) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    return {"conditions": [
+        condition("Exists", len(running) == len(names), "InstancesRunning" if len(running) == len(names)
+                  else "InstancesNotRunning", f"{len(running)} of {len(names)} haproxy instances running"),
+        ready_condition(probe["endpoints"], health.endpoint_answers),
+        backends_condition(sum(bool(servers.get(n)) for n in wanted), len(wanted),
+                           f"haproxy runtime API of {running[0] if running else names[0]}"),
+    ]}
 
 
 class HaproxyLoadBalancer(pulumi.ComponentResource):
@@ -140,30 +165,10 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
         self.endpoint = self.endpoints.apply(lambda e: e[0] if e else "")
         # Outputs wait for the config files, so `endpoint` is only reported once it serves.
         files_done = pulumi.Output.all(*[f.content_hash for f in self.files])
-        statuses = pulumi.Output.all(*[i.status for i in self.instances])
-
-        def conditions(v) -> list[dict]:
-            eps, states, rendered = v[0], v[1], v[2]
-            running = sum(s == "Running" for s in states)
-            wanted = {b.name for b in rendered}
-            servers: dict = {}
-            # A server that just became ready is seen by haproxy's next check: wait a little (bounded) for it.
-            deadline = time.monotonic() + BACKENDS_SETTLE_SECONDS
-            while running:
-                servers = health.haproxy_servers(facts.client, names[0], settle_seconds=5.0)
-                if all(servers.get(n) for n in wanted) or time.monotonic() >= deadline:
-                    break
-                time.sleep(0.5)
-            return [
-                condition("Exists", running == len(states), "InstancesRunning" if running == len(states)
-                          else "InstancesNotRunning", f"{running} of {len(states)} haproxy instances running"),
-                ready_condition(eps, health.endpoint_answers),
-                backends_condition(sum(bool(servers.get(n)) for n in wanted), len(wanted),
-                                   f"haproxy runtime API of {names[0]}"),
-            ]
-
-        self.status = at_up(pulumi.Output.all(self.endpoints, statuses, resolved, files_done), conditions,
-                            after=args.ready_after)
+        probe = pulumi.Output.all(self.endpoints, resolved).apply(lambda v: {
+            "strategy": "lxc", "balancer": lb.name, "instances": names, "endpoints": v[0],
+            "backends": sorted(b.name for b in v[1])})
+        self.status, _ = balancer_status(name, self, ctx, probe, trigger=files_done, after=args.ready_after)
         self.endpoint_hosts = pulumi.Output.all(self.endpoints, addresses).apply(lambda v: [*v[0], *v[1]])
         self.outputs = pulumi.Output.all(self.endpoints, addresses, resolved, files_done, self.status).apply(
             lambda v: {

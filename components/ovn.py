@@ -12,9 +12,9 @@ import pulumi
 
 from components.common import LoadBalancerArgs
 import health
-from components.status import at_up, backends_condition, condition, ready_condition
+from components.status import backends_condition, balancer_status, condition, ready_condition
 from components.targets import port_pairs, routing
-from providers.network_lb import NetworkLoadBalancer
+from providers.network_lb import NetworkLoadBalancer, backend_health
 
 REQUIRED_EXTENSIONS = ("network_load_balancer", "network_load_balancer_health_check")
 
@@ -27,6 +27,20 @@ def health_config(hc) -> dict:
         "healthcheck.failure_count": str(hc.fall),
         "healthcheck.success_count": str(hc.rise),
     }
+
+
+def read_status(probe: dict, client) -> dict:
+    """The balancer present, its listen address answering, and each backend as OVN's own health check sees it
+    (the state endpoint)."""
+    state = backend_health(client(), probe["network"], probe["listenAddress"])
+    online = sum(state.get(n) == "online" for n in probe["backends"])
+    exists = state is not None
+    return {"observed": {"health": state or {}}, "conditions": [
+        condition("Exists", exists, "BalancerPresent" if exists else "BalancerMissing",
+                  f"network load balancer {probe['listenAddress']} on {probe['network']}"),
+        ready_condition([probe["endpoint"]], health.endpoint_answers),
+        backends_condition(online, len(probe["backends"]), "OVN state endpoint"),
+    ]}
 
 
 class OvnLoadBalancer(pulumi.ComponentResource):
@@ -72,22 +86,16 @@ class OvnLoadBalancer(pulumi.ComponentResource):
         self.endpoint = pulumi.Output.from_input(f"{host}:{lb.ports[0].port}")
         endpoint = f"{host}:{lb.ports[0].port}"
 
-        def conditions(v) -> list[dict]:
-            rows, state = v[0], v[1] or {}
-            online = sum(state.get(r["name"]) == "online" for r in rows)
-            return [
-                condition("Exists", True, "BalancerPresent", f"network load balancer {ovn.listen_address} on "
-                          f"{ovn.network_name}"),
-                ready_condition([endpoint], health.endpoint_answers),
-                backends_condition(online, len(rows), "OVN state endpoint"),
-            ]
-
-        self.status = at_up(pulumi.Output.all(backends, self.balancer.health), conditions, after=args.ready_after)
-        self.outputs = pulumi.Output.all(backends, self.balancer.health, self.status).apply(lambda v: {
+        probe = backends.apply(lambda rows: {
+            "strategy": "ovn", "balancer": lb.name, "network": ovn.network_name, "listenAddress": ovn.listen_address,
+            "endpoint": endpoint, "backends": sorted(r["name"] for r in rows)})
+        self.status, observed = balancer_status(name, self, ctx, probe, trigger=backends,
+                                                after=args.ready_after)
+        self.outputs = pulumi.Output.all(backends, observed, self.status).apply(lambda v: {
             "type": "ovn",
             "endpoint": f"{host}:{lb.ports[0].port}",
             "addresses": [ovn.listen_address],
-            "backends": [{**r, "health": (v[1] or {}).get(r["name"], "unknown")} for r in v[0]],
+            "backends": [{**r, "health": (v[1].get("health") or {}).get(r["name"], "unknown")} for r in v[0]],
             "status": v[2],
         })
         self.routing = routing(port_pairs(targets, lb.ports))

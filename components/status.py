@@ -6,7 +6,9 @@
   API, the OVN state endpoint) and by a TCP probe of the backend where it cannot (nginx stream, keepalived nodes).
 - DNSResolvable (dns only): the stack's DNS server answers the name with exactly the published addresses.
 
-Read when `up` runs, after the config files are in place; a preview reports every condition `Unknown`.
+Read by a BalancerStatus resource (providers/status.py) when `up` creates or changes the balancer, after its config
+files are in place, and at every refresh (`make up` refreshes first). Each strategy's `read_status(probe, client)`,
+in its own module, does the reading; this module holds what they share.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 from typing import Optional
 
 import pulumi
+
+from providers.status import BalancerStatus
 
 
 def condition(kind: str, ok: Optional[bool], reason: str, message: str) -> dict:
@@ -38,13 +42,15 @@ def ready_condition(endpoints: list[str], answers) -> dict:
     return condition("Ready", True, "Answering", f"{', '.join(endpoints)} accepted a connection")
 
 
-def at_up(inputs: pulumi.Input, compute, kinds: tuple[str, ...] = ("Exists", "Ready", "BackendsHealthy"),
-          after: pulumi.Input = None):
-    """`compute(values)` -> conditions, run at `up` once `inputs` resolve (and `after`: for example the cluster's
-    control plane answering); Unknown conditions in a preview."""
-    if pulumi.runtime.is_dry_run():
-        return pulumi.Output.from_input(
-            {"conditions": [condition(k, None, "Preview", "read at `pulumi up`") for k in kinds]})
+def balancer_status(name: str, parent: pulumi.Resource, ctx, probe: pulumi.Input[dict],
+                    trigger: pulumi.Input = None, after: pulumi.Input = None) -> tuple[pulumi.Output, pulumi.Output]:
+    """The balancer's `status` output, {"conditions": [...]}, and what was observed with it (for example the node
+    holding each VIP), read by a BalancerStatus resource
+    (providers/status.py) with the strategy's own `read_status(probe, client)`. Read at `up` once `trigger` (the
+    config files' hashes) and `after` (for example the cluster's control plane answering) resolve, and again at
+    every refresh; a preview of an unchanged stack shows the conditions of the last read, so nothing changes."""
     if after is not None:
-        inputs = pulumi.Output.all(inputs, after).apply(lambda v: v[0])
-    return pulumi.Output.from_input(inputs).apply(lambda v: {"conditions": compute(v)})
+        trigger = pulumi.Output.all(trigger, after).apply(lambda v: v[0])
+    status = BalancerStatus(f"{name}-status", probe=probe, trigger=trigger, connection=ctx.connection,
+                            credentials=ctx.credentials, opts=pulumi.ResourceOptions(parent=parent))
+    return status.conditions.apply(lambda c: {"conditions": list(c or [])}), status.observed.apply(lambda o: o or {})

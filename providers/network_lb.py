@@ -4,7 +4,7 @@
   A balancer already on that address that does not carry this stack's ownership keys is a conflict error:
   it is never taken over. One left by an interrupted `up` with our keys is adopted and updated.
 - update: PUT with the ETag (backends, ports, health check change in place).
-- read (refresh): the balancer as Incus has it, plus per-backend health from the state endpoint.
+- read (refresh): the balancer as Incus has it (backend health is the status's: components/ovn.py).
 - delete: only when the ownership keys say it is ours.
 """
 
@@ -65,12 +65,15 @@ def check_owner(existing: dict, props: dict) -> None:
         )
 
 
-def health(client, props: dict) -> dict[str, str]:
-    """Backend name -> online | offline | unknown, from the state endpoint (network_load_balancer_state)."""
+def backend_health(client, network: str, listen_address: str) -> Optional[dict[str, str]]:
+    """Backend name -> online | offline | unknown, from the state endpoint (network_load_balancer_state); None when
+    there is no such balancer. Read by the `ovn` strategy's status, not kept in this resource's state: it changes
+    on its own, and a refresh would call that drift."""
     try:
-        state = client.call("GET", f"{_path(props)}/state", what="read load balancer state") or {}
-    except IncusError:
-        return {}
+        state = client.call("GET", f"{_path({'network': network, 'listenAddress': listen_address})}/state",
+                            what="read load balancer state") or {}
+    except IncusError as exc:
+        return None if exc.status == 404 else {}
     out: dict[str, str] = {}
     for name, entry in (state.get("backend_health") or {}).items():  # keyed by backend name
         statuses = {p.get("status", "unknown") for p in (entry or {}).get("ports") or []}
@@ -80,8 +83,9 @@ def health(client, props: dict) -> dict[str, str]:
 
 
 class NetworkLoadBalancerProvider(ResourceProvider):
-    def _outs(self, client, props: dict) -> dict:
-        return {**props, "health": health(client, props)}
+    @staticmethod
+    def _outs(_client, props: dict) -> dict:
+        return {k: v for k, v in props.items() if k != "health"}
 
     def create(self, props):
         client = client_for(_conn(props))
@@ -158,9 +162,7 @@ class NetworkLoadBalancerProvider(ResourceProvider):
 
 
 class NetworkLoadBalancer(pulumi.dynamic.Resource, module="ovn", name="NetworkLoadBalancer"):
-    """An Incus OVN network load balancer. Outputs: health (backend name -> online/offline/unknown)."""
-
-    health: pulumi.Output[dict]
+    """An Incus OVN network load balancer."""
 
     def __init__(
         self,
@@ -181,7 +183,7 @@ class NetworkLoadBalancer(pulumi.dynamic.Resource, module="ovn", name="NetworkLo
         props = {
             "network": network, "listenAddress": listen_address, "backends": backends, "ports": ports,
             "config": config, "connection": connection, "credentials": credentials or {},
-            "ownerStack": owner_stack, "ownerId": owner_id, "description": description, "health": None,
+            "ownerStack": owner_stack, "ownerId": owner_id, "description": description,
         }
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["credentials"]))
         super().__init__(NetworkLoadBalancerProvider(), resource_name, props, opts)

@@ -218,7 +218,7 @@ def test_a_stopped_api_server_shows_in_the_published_status(k8s):
         assert wait_for(lambda: client.exec(victim, ["pidof", "kube-apiserver"])[0] != 0, 60)
         servers = Facts(IncusSpec(socket="/var/lib/incus/unix.socket")).client
         assert wait_for(lambda: sum(health.haproxy_servers(servers, f"{name}-x-api-haproxy-1").values()) == 2, 30)
-        up = stack.up(on_output=quiet)
+        up = stack.up(on_output=quiet, refresh=True)
         conds = conditions(up)
         assert conds["BackendsHealthy"]["status"] == "False" and "2 of 3" in conds["BackendsHealthy"]["message"]
         obj = json.loads(kube.ok("get", "loadbalancer", "x-api", "-n", "kube-system", "-o", "json"))
@@ -235,7 +235,7 @@ def test_a_stopped_api_server_shows_in_the_published_status(k8s):
     address = dict(zip(result.outputs["clusters"].value[CLUSTER]["controlPlane"],
                        result.outputs["clusters"].value[CLUSTER]["addresses"]))[victim]
     assert wait_for(lambda: readyz(address, cluster_ca(result)), 120, 1)
-    assert "3 of 3" in conditions(stack.up(on_output=quiet))["BackendsHealthy"]["message"]
+    assert "3 of 3" in conditions(stack.up(on_output=quiet, refresh=True))["BackendsHealthy"]["message"]
 
 
 def test_a_removed_balancer_loses_its_objects_and_destroy_removes_them_all(k8s):

@@ -113,7 +113,7 @@ def test_drain_waits_for_open_connections_within_the_bound_and_status_follows(co
         # A backend's API server stops: BackendsHealthy says 2 of 3 (from haproxy's own checks).
         service_down(names[2], "apiserver")
         time.sleep(3)
-        cond = conditions(stack.up(on_output=quiet))
+        cond = conditions(stack.up(on_output=quiet, refresh=True))
         assert cond["BackendsHealthy"]["status"] == "False" and "2 of 3" in cond["BackendsHealthy"]["message"], cond
         service_up(names[2], "apiserver")
 

@@ -52,12 +52,12 @@ def nb_load_balancers() -> str:
 
 
 def health(stack) -> dict:
-    """Per-backend health as `pulumi refresh` reads it from the state endpoint into the balancer's state.
+    """Per-backend health as `pulumi refresh` reads it from the state endpoint into the balancer's status.
     (Not `up --refresh`: that would also start the instance the test stopped.)"""
     stack.refresh(on_output=quiet)
     for res in stack.export_stack().deployment["resources"]:
-        if res["type"].endswith("ovn:NetworkLoadBalancer"):
-            return dict(res["outputs"].get("health") or {})
+        if res["type"].endswith("status:BalancerStatus"):
+            return dict((res["outputs"].get("observed") or {}).get("health") or {})
     return {}
 
 

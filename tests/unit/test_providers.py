@@ -18,6 +18,7 @@ class Mocks(pulumi.runtime.Mocks):
 def test_every_dynamic_resource_pickles_under_mocks():
     from providers.instance_file import InstanceFile, InstanceFileProvider
     from providers.network_lb import NetworkLoadBalancer, NetworkLoadBalancerProvider
+    from providers.status import BalancerStatus, BalancerStatusProvider
 
     pulumi.runtime.set_mocks(Mocks(), preview=False)
     conn = {"socket": "/nonexistent"}
@@ -26,7 +27,9 @@ def test_every_dynamic_resource_pickles_under_mocks():
     InstanceFile("f", instance="s-x-1", instance_uuid="u", path="/etc/x", content="x", connection=conn)
     NetworkLoadBalancer("n", network="ovn0", listen_address="198.18.20.200", backends=[], ports=[], config={},
                         connection=conn, owner_stack="s", owner_id="lb/x")
-    for provider in (InstanceProvider(), InstanceFileProvider(), NetworkLoadBalancerProvider()):
+    BalancerStatus("s", probe={"strategy": "lxc"}, trigger=["h"], connection=conn, credentials={})
+    for provider in (InstanceProvider(), InstanceFileProvider(), NetworkLoadBalancerProvider(),
+                     BalancerStatusProvider()):
         blob = dill.dumps(provider, recurse=True)
         assert type(dill.loads(blob)) is type(provider)
 
@@ -175,3 +178,47 @@ def test_an_operators_labels_survive_update_and_refresh():
     InstanceProvider()._converge(client, "s-g-1", news, olds)
     assert client.sent["config"]["user.cplb.disabled"] == "true" and "user.old" not in client.sent["config"]
     assert client.sent["config"]["volatile.uuid"] == "u"
+
+
+def test_status_diff_is_the_probe_and_the_trigger_only():
+    """A preview of an unchanged balancer has nothing to show: the conditions of the last read are not compared."""
+    from providers.status import BalancerStatusProvider
+
+    old = {"probe": {"strategy": "lxc", "instances": ["a"], "port": 6443.0}, "trigger": ["h1"],
+           "connection": {"socket": "/a"}, "conditions": [{"type": "Ready", "status": "True"}], "observed": {}}
+    p = BalancerStatusProvider()
+    assert not p.diff("id", old, {**old, "conditions": None, "probe": {**old["probe"], "port": 6443}}).changes
+    assert p.diff("id", old, {**old, "trigger": ["h2"]}).changes
+    assert p.diff("id", old, {**old, "probe": {**old["probe"], "instances": ["a", "b"]}}).changes
+    assert p.diff("id", old, {**old, "trigger": ["h1"]}).replaces == []
+
+
+def test_status_reads_with_the_strategys_reader_at_create_update_and_refresh(monkeypatch):
+    import components.lxc as lxc
+    from providers.status import BalancerStatusProvider
+
+    reads = []
+
+    def reader(probe, client):
+        reads.append(probe["instances"])
+        return {"conditions": [{"type": "Ready", "status": "True" if len(reads) < 3 else "False"}],
+                "observed": {"n": len(reads)}}
+
+    monkeypatch.setattr(lxc, "read_status", reader)
+    props = {"probe": {"strategy": "lxc", "balancer": "api", "instances": ["s-api-haproxy-1"]}, "trigger": [],
+             "connection": {"socket": "/nonexistent"}, "credentials": {}}
+    p = BalancerStatusProvider()
+    created = p.create(props)
+    assert created.outs["conditions"][0]["status"] == "True" and created.outs["probe"] == props["probe"]
+    assert p.update("id", created.outs, props).outs["observed"] == {"n": 2}
+    refreshed = p.read("id", {**created.outs, "conditions": "stale"})
+    # A refresh brings the live conditions in and keeps the inputs (no `inputs=`: they stay as they were).
+    assert refreshed.outs["conditions"][0]["status"] == "False" and refreshed.inputs is None
+    assert refreshed.outs["probe"] == props["probe"] and refreshed.id == "id"
+
+
+def test_status_refuses_a_probe_naming_no_reader():
+    from providers.status import read
+
+    with pytest.raises(ValueError, match="no status reader"):
+        read({"probe": {"strategy": "os"}, "connection": {}})

@@ -1,0 +1,194 @@
+"""The latency a balancer adds, at a fixed request rate, on the real control plane (3 × etcd + kube-apiserver).
+
+The load generator is vegeta (built from Go modules by `scripts/setup --bench`): a constant-rate generator (it
+sends at the rate whether or not earlier requests have answered), so a slow balancer shows as latency, not as a
+lower rate. Requests: HTTPS `GET /version` (anonymous, TLS verified against the cluster CA), for 10 s per cell
+after a 2 s warm-up, at 200, 1000 and 5000 requests/s,
+- on new connections (`-keepalive=false -http2=false`: a TCP and TLS handshake per request, as curl or a fresh
+  kubectl does), and
+- on kept-alive ones (HTTP/2, one connection multiplexed: what client-go does),
+through each strategy and directly to one API server, in the same run. Printed: p50 / p99 / p99.9, errors, and the
+added latency (through − direct) per strategy, rate and connection mode; then the maximum throughput (rate 0,
+kept-alive) through each strategy as a ratio to direct.
+
+CPUs: the machine has few. vegeta runs on CPU 0 (`taskset`) beside the control plane (`limits.cpu: 0-0`); the
+balancer's own instances (lxc's haproxy pair, dns's nginx nodes) are pinned to CPU 1, so the load generator and
+the balancer do not share a CPU. `keepalived` has no balancer instance: its haproxy runs on the control-plane nodes,
+on CPU 0 with everything else (said in the table).
+
+Run: python bench/latency.py [--seconds N] [--rates 200,1000,5000] [--only lxc,keepalived,dns] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.failover import Bench, Strategy, control_plane, dns_strategy  # noqa: E402
+from bench.report import emit  # noqa: E402
+from tests.helpers import TOOLS_BIN, local_dns_server  # noqa: E402
+
+VEGETA = os.path.join(TOOLS_BIN, "vegeta")
+GENERATOR_CPU, BALANCER_CPU, CONTROL_PLANE_CPUS = "0", "1-1", "0-0"
+WARMUP = 2.0
+
+
+def strategies(pinned: bool) -> list[Strategy]:
+    """The strategies whose data path is measured (kube-vip's is direct: the VIP is on an API server)."""
+    limits = {"limits": {"cpu": BALANCER_CPU}} if pinned else {}
+    vip = f"198.18.10.{random.randrange(20, 90)}"
+    lxc = Strategy("lxc ×2", {"type": "lxc", "lxc": {"replicas": 2, "vip": vip, "virtualRouterID":
+                                                     random.randrange(100, 250), "instanceSpec": {
+                                                         "image": "cplb/haproxy", **limits}}}, "vrrp", vip)
+    vip2 = f"198.18.10.{random.randrange(20, 90)}"
+    while vip2 == vip:
+        vip2 = f"198.18.10.{random.randrange(20, 90)}"
+    keepalived = Strategy("keepalived", {"type": "keepalived", "keepalived": {
+        "mode": "userspace", "vrrpInstances": [{"virtualIPs": [f"{vip2}/24"],
+                                                "virtualRouterID": random.randrange(100, 250)}]}}, "vrrp", vip2)
+    return [lxc, keepalived]
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+class Cell(dict):
+    """One vegeta run: p50, p99, p999 (ms), requests, errors, rate (successes per second)."""
+
+
+def attack(url: str, ca_file: str, rate: int, seconds: float, new_connections: bool,
+           connect_to: list[str] = ()) -> Cell:
+    flags = [f"-rate={rate}/s" if rate else "-rate=0", f"-duration={seconds + WARMUP}s", "-timeout=2s",
+             f"-root-certs={ca_file}", *[f"-connect-to={c}" for c in connect_to]]
+    if new_connections:
+        flags += ["-keepalive=false", "-http2=false"]
+    if not rate:
+        flags += ["-max-workers=64"]
+    taskset = ["taskset", "-c", GENERATOR_CPU] if (os.cpu_count() or 1) > 1 else []
+    attack_proc = subprocess.Popen([*taskset, VEGETA, "attack", *flags], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE)
+    # CSV rows: unix time (ns), HTTP code, latency (ns), bytes out, bytes in, error, ...
+    encode = subprocess.Popen([VEGETA, "encode", "-to", "csv"], stdin=attack_proc.stdout, stdout=subprocess.PIPE,
+                              text=True)
+    attack_proc.stdin.write(f"GET {url}\n".encode())
+    attack_proc.stdin.close()
+    attack_proc.stdout.close()
+    rows = [(int(r[0]) / 1e9, int(r[1]), int(r[2]) / 1e6) for r in csv.reader(encode.stdout) if r]
+    attack_proc.wait()
+    encode.wait()
+    if not rows:
+        raise RuntimeError(f"vegeta sent nothing to {url}")
+    t0 = min(t for t, _, _ in rows)
+    kept = [r for r in rows if r[0] - t0 >= WARMUP]
+    latencies = sorted(ms for _, _, ms in kept)
+    ok = sum(code == 200 for _, code, _ in kept)
+    span = (max(t for t, _, _ in kept) - t0 - WARMUP) if kept else 0
+    return Cell(p50=percentile(latencies, 0.5), p99=percentile(latencies, 0.99), p999=percentile(latencies, 0.999),
+                requests=len(kept), errors=len(kept) - ok, rate=ok / (span or seconds))
+
+
+def text(c: Cell) -> str:
+    errors = f", {c['errors']} errors" if c["errors"] else ""
+    return f"{c['p50']:.2f} / {c['p99']:.2f} / {c['p999']:.2f} ms{errors}"
+
+
+def measure(b: Bench, s: Strategy, args, ca_file: str) -> dict:
+    """Direct to the first API server, then through the strategy, cell by cell (same conditions, same run)."""
+    out = b.outputs["loadBalancers"]["api"]
+    direct_host = b.cluster["addresses"][0]
+    if s.kind == "dns":
+        host = out["endpoint"].rsplit(":", 1)[0].rstrip(".")
+        through = (f"https://{host}:6443/version", [f"{host}:6443:{a}:6443" for a in sorted(out["published"])])
+    else:
+        through = (f"https://{out['endpoint']}/version", [])
+    results = {}
+    for new in (True, False):
+        for rate in args.rates:
+            d = attack(f"https://{direct_host}:6443/version", ca_file, rate, args.seconds, new)
+            t = attack(*through[:1], ca_file, rate, args.seconds, new, connect_to=through[1])
+            results[(rate, new)] = (d, t)
+            print(f"   {s.label} {rate}/s {'new' if new else 'kept-alive'}: direct {text(d)}; through {text(t)}",
+                  flush=True)
+    d = attack(f"https://{direct_host}:6443/version", ca_file, 0, 5, False)
+    t = attack(*through[:1], ca_file, 0, 5, False, connect_to=through[1])
+    results["max"] = (d, t)
+    print(f"   {s.label} max: direct {d['rate']:.0f}/s, through {t['rate']:.0f}/s", flush=True)
+    return results
+
+
+def rows_of(label: str, results: dict, rates: list[int], pinned_note: str) -> list[tuple[str, str]]:
+    rows = []
+    for new in (True, False):
+        mode = "new connections" if new else "kept-alive (HTTP/2)"
+        for rate in rates:
+            d, t = results[(rate, new)]
+            rows.append((f"{label}, {rate} req/s, {mode}: p50 / p99 / p99.9 through (direct)",
+                         f"{text(t)} ({text(d)}); added p99 **{t['p99'] - d['p99']:+.2f} ms**, "
+                         f"p50 {t['p50'] - d['p50']:+.2f} ms"))
+    d, t = results["max"]
+    rows.append((f"{label}: maximum throughput, kept-alive, through ÷ direct",
+                 f"{t['rate']:.0f} / {d['rate']:.0f} req/s = **{t['rate'] / d['rate']:.2f}** ({pinned_note})"))
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10, help="measured seconds per cell (after a 2 s warm-up)")
+    ap.add_argument("--rates", default="200,1000,5000")
+    ap.add_argument("--only", default="", help="comma-separated: lxc, keepalived, dns (default: all)")
+    ap.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
+    args = ap.parse_args()
+    args.rates = [int(r) for r in args.rates.split(",")]
+    if not os.access(VEGETA, os.X_OK):
+        print("vegeta is missing: run `scripts/setup --bench` (make bench does)", file=sys.stderr)
+        return 2
+    pinned = (os.cpu_count() or 1) > 1
+    only = set(filter(None, args.only.split(",")))
+    rows: list[tuple[str, str]] = []
+    with local_dns_server() as dns_server:
+        cp = control_plane(dns_server)
+        if pinned:
+            cp.bench.values["controlPlanes"][0]["instance"]["limits"]["cpu"] = CONTROL_PLANE_CPUS
+        chosen = [s for s in strategies(pinned) if not only or s.label.split()[0] in only]
+        if not only or "dns" in only:
+            dns = dns_strategy(dns_server, f"lat-{random.randrange(16**5):05x}")
+            if pinned:
+                dns.balancer["dns"]["nodes"]["instanceSpec"] = {"image": "cplb/nginx-proxy",
+                                                                "limits": {"cpu": BALANCER_CPU}}
+            chosen.append(dns)
+        with cp as b:
+            for s in chosen:
+                print(f"== {s.label}", flush=True)
+                b.up(s)
+                with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as f:
+                    f.write(b.ca_pem)
+                try:
+                    results = measure(b, s, args, f.name)
+                finally:
+                    os.unlink(f.name)
+                if not pinned:
+                    note = "one CPU: nothing pinned"
+                elif s.label == "keepalived":
+                    note = "its haproxy runs on the control-plane nodes: on CPU 0 with vegeta"
+                else:
+                    note = "balancer on CPU 1; vegeta and the control plane on CPU 0"
+                rows += rows_of(s.label, results, args.rates, note)
+    emit(f"latency a balancer adds, vegeta at a fixed rate, GET /version over TLS ({args.seconds:g} s per cell)",
+         rows, args.record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
