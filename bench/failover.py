@@ -27,6 +27,7 @@ Run: `make bench` (python bench/failover.py [--quick] [--runs N] [--only LABEL,.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -390,7 +391,29 @@ def cell_text(results: list[dict]) -> str:
     return text
 
 
-def run_strategy(b: Bench, s: Strategy, runs: int, table: dict, events: frozenset = frozenset()):
+def load_cells(path: str) -> dict:
+    """Cells a previous run finished ({(label, event): runs}), from `--results`: a bench of two hours survives an
+    interruption (an incusd restart, a reboot) and goes on where it stopped."""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {tuple(k.split("|", 1)): v for k, v in json.load(f).items()}
+
+
+def save_cells(path: str, table: dict) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump({f"{k[0]}|{k[1]}": v for k, v in table.items()}, f)
+        os.replace(path + ".tmp", path)
+
+
+def run_strategy(b: Bench, s: Strategy, runs: int, table: dict, events: frozenset = frozenset(),
+                 results: str = ""):
+    todo = [e for e in s.events if (not events or e in events) and len(table.get((s.label, e), [])) < runs]
+    if not todo:
+        print(f"== {s.label}: every cell already measured ({results})", flush=True)
+        return
     print(f"== {s.label}", flush=True)
     b.up(s)
     if s.kind == "dns":
@@ -398,15 +421,14 @@ def run_strategy(b: Bench, s: Strategy, runs: int, table: dict, events: frozense
     host, port, server_name = b.endpoint(s)
     prober = Prober(host, port, b.ca_pem, server_name)
     try:
-        for event in s.events:
-            if events and event not in events:
-                continue
-            results = []
+        for event in todo:
+            cell = []
             for n in range(runs):
                 r = one_run(b, s, event, prober)
                 print(f"   {event} #{n + 1}: {r}", flush=True)
-                results.append(r)
-            table[(s.label, event)] = results
+                cell.append(r)
+            table[(s.label, event)] = cell
+            save_cells(results, table)
     finally:
         prober.stop()
         b.stop_watch()
@@ -438,7 +460,7 @@ def control_plane_bench(args) -> list[tuple[str, str]]:
     """The bridge control plane (dns, lxc, keepalived, kube-vip), then the OVN one (ovn)."""
     only = set(filter(None, args.only.split(",")))
     events = frozenset(filter(None, args.events.split(",")))
-    table: dict = {}
+    table: dict = load_cells(args.results) if args.resume else {}
     labels: list[str] = []
     with local_dns_server() as dns_server:
         # kube-vip first: its API servers bind every address; the later strategies bind VIP:6443 beside them.
@@ -448,7 +470,7 @@ def control_plane_bench(args) -> list[tuple[str, str]]:
             labels += [s.label for s in bridge]
             with control_plane(dns_server) as b:
                 for s in bridge:
-                    run_strategy(b, s, args.runs, table, events)
+                    run_strategy(b, s, args.runs, table, events, args.results)
         if not only or "ovn" in only:
             subprocess.run([os.path.join(ROOT, "scripts", "ovn-up")], check=True, stdout=subprocess.DEVNULL)
             from tests.integration.test_ovn_oci_external import OVN_NETWORK
@@ -456,7 +478,7 @@ def control_plane_bench(args) -> list[tuple[str, str]]:
             labels.append("ovn")
             try:
                 with control_plane(dns_server, network=OVN_NETWORK) as b:
-                    run_strategy(b, ovn_strategy(OVN_NETWORK), args.runs, table, events)
+                    run_strategy(b, ovn_strategy(OVN_NETWORK), args.runs, table, events, args.results)
             finally:
                 subprocess.run([os.path.join(ROOT, "scripts", "ovn-down")], check=False, stdout=subprocess.DEVNULL)
     rows = [(f"{label}: {event} ({len(res)} runs) — outage median / max", cell_text(res))
@@ -569,6 +591,9 @@ def main() -> int:
     ap.add_argument("--soak", type=int, default=0, help="seconds of false-failover soak instead of failovers")
     ap.add_argument("--intervals", default="0.02,0.05,0.1", help="advert intervals for --soak")
     ap.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
+    ap.add_argument("--results", default=os.path.join(ROOT, ".state", "bench", "failover-cells.json"),
+                    help="where each finished cell is kept")
+    ap.add_argument("--resume", action="store_true", help="skip the cells --results already holds")
     args = ap.parse_args()
     if args.quick:
         args.runs = 3

@@ -33,7 +33,7 @@ def read_status(probe: dict, client) -> dict:
     """The balancer present, its listen address answering, and each backend as OVN's own health check sees it
     (the state endpoint)."""
     state = backend_health(client(), probe["network"], probe["listenAddress"])
-    online = sum(state.get(n) == "online" for n in probe["backends"])
+    online = sum((state or {}).get(n) == "online" for n in probe["backends"])
     exists = state is not None
     return {"observed": {"health": state or {}}, "conditions": [
         condition("Exists", exists, "BalancerPresent" if exists else "BalancerMissing",

@@ -93,7 +93,8 @@ def test_keepalived_vip_follows_api_server_health():
                          ConfigValue(password, secret=True), path=True)
         change = stack.preview(on_output=quiet, diff=True)
         assert not {"create", "replace", "delete"} & set(change.change_summary), change.change_summary
-        assert change.change_summary.get("update") == 6, change.change_summary  # keepalived.conf + haproxy.cfg x3
+        # keepalived.conf + haproxy.cfg x3, and the balancer's status (read again once they are in place)
+        assert change.change_summary.get("update") == 7, change.change_summary
         stack.up(on_output=quiet)
         assert {n: i["config"]["volatile.uuid"] for n, i in instances_with_prefix(name).items()} == uuids
         assert "advert_int 2" in incus().pull_file(nodes[0], "/etc/keepalived/keepalived.conf")[0].decode()

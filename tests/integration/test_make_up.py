@@ -52,3 +52,6 @@ def test_make_up_ends_with_a_short_report():
             for inst in instances_with_prefix(name):
                 incus().delete_instance(inst)
             project.cleanup()
+            kubeconfig = os.path.join(ROOT, ".state", "kubeconfig", f"{name}-{cluster}")
+            if os.path.exists(kubeconfig):
+                os.unlink(kubeconfig)
