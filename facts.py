@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -82,6 +83,8 @@ class Facts:
         self._client = None
         self._instances: Optional[list[ObservedInstance]] = None
         self._extensions: Optional[set[str]] = None
+        self._memo: dict = {}
+        self._lock = threading.RLock()
 
     @property
     def client(self):
@@ -148,10 +151,19 @@ class Facts:
                 return False
         return True
 
+    def _once(self, key: tuple, read):
+        """`read()` once per program run for `key`: every balancer's pre-flight check and component asks the same
+        questions (the image behind an alias, the bridge's subnet); the server answers each once."""
+        with self._lock:
+            if key not in self._memo:
+                self._memo[key] = read()
+            return self._memo[key]
+
     def image_fingerprint(self, field: str, alias: str) -> str:
         """The fingerprint behind a local image alias; a rebuilt image means new instances."""
         try:
-            meta = self.client.call("GET", f"images/aliases/{alias}", what=f"read image alias {alias}")
+            meta = self._once(("image", alias), lambda: self.client.call(
+                "GET", f"images/aliases/{alias}", what=f"read image alias {alias}"))
         except IncusError as exc:
             if exc.status == 404:
                 raise ValueError(f"{field}: no image {alias!r} on the Incus server (run `make setup` to build "
@@ -160,7 +172,8 @@ class Facts:
         return meta.get("target", "")
 
     def network(self, name: str) -> dict:
-        return self.client.call("GET", f"networks/{name}", what=f"read network {name}")
+        return self._once(("network", name),
+                          lambda: self.client.call("GET", f"networks/{name}", what=f"read network {name}"))
 
     def check_ovn_listen_address(self, field: str, network: str, address: str) -> None:
         """The network must be OVN, and the address inside its uplink's ipv4.ovn.ranges or ipv4.routes."""

@@ -222,3 +222,32 @@ def test_status_refuses_a_probe_naming_no_reader():
 
     with pytest.raises(ValueError, match="no status reader"):
         read({"probe": {"strategy": "os"}, "connection": {}})
+
+
+def test_facts_ask_the_server_each_question_once_per_run():
+    """Twenty balancers on one bridge and image: one network read and one alias read, not forty of each."""
+    import facts
+    from providers.incus_client import IncusError
+    from spec import IncusSpec
+
+    calls = []
+
+    class FakeClient:
+        def call(self, method, path, what=""):
+            calls.append(path)
+            if path == "images/aliases/cplb/missing":
+                raise IncusError("not found", status=404)
+            if path.startswith("images/"):
+                return {"target": "f" * 64}
+            return {"config": {"ipv4.address": "198.18.10.1/24", "ipv4.dhcp.ranges": "198.18.10.100-198.18.10.199"}}
+
+    f = facts.Facts(IncusSpec())
+    f._client = FakeClient()
+    for i in range(20):
+        assert f.check_vip(f"cplb:loadBalancers[{i}].lxc.vip", f"198.18.10.{20 + i}", "cplbbr0") == 24
+        assert f.image_fingerprint(f"cplb:loadBalancers[{i}].lxc.instanceSpec.image", "cplb/haproxy") == "f" * 64
+    assert calls == ["networks/cplbbr0", "images/aliases/cplb/haproxy"]
+    # A missing image is refused every time it is asked for, naming the key that asked.
+    for key in ("a.image", "b.image"):
+        with pytest.raises(ValueError, match=key):
+            f.image_fingerprint(key, "cplb/missing")
