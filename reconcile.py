@@ -165,7 +165,6 @@ class Loop:
     max_backoff: float = 60.0
     outputs: dict = field(default_factory=dict)
     urns: dict = field(default_factory=dict)
-    status_urns: list = field(default_factory=list)
     ups: int = 0
 
     def collect(self, first_wait: float) -> list[tuple[str, str]]:
@@ -208,8 +207,6 @@ class Loop:
         self.urns = {r["outputs"]["name"]: r["urn"] for r in resources
                      if isinstance((r.get("outputs") or {}).get("name"), str) and "ownerStack" in r.get("outputs", {})
                      and "instanceType" in r.get("outputs", {})}
-        # Each balancer's status: refreshed with the instances, so the conditions `up` reports are live ones.
-        self.status_urns = sorted(r["urn"] for r in resources if r.get("type", "").endswith("status:BalancerStatus"))
 
     def dns_drift(self) -> list[str]:
         """dns balancers whose healthy proxy nodes differ from their published records."""
@@ -249,8 +246,7 @@ class Loop:
                 self.stack.up(on_output=lambda _: None, on_event=on_event)
                 log(f"balancers followed in {time.monotonic() - t0:.1f}s; refreshing {', '.join(sorted(refresh))}")
             if refresh:
-                targets = None if "*" in refresh else sorted(self.urns[n] for n in refresh if n in self.urns) + \
-                    self.status_urns
+                targets = None if "*" in refresh else sorted(self.urns[n] for n in refresh if n in self.urns)
                 self.stack.refresh(on_output=lambda _: None, target=targets)
             result = self.stack.up(on_output=lambda _: None, on_event=on_event)
         except auto.errors.CommandError as exc:

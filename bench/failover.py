@@ -294,6 +294,11 @@ class Bench:
             [PYTHON, os.path.join(ROOT, "scripts", "watch"), "--stack", self.name, "--work-dir", self.project.dir,
              "--interval", "1", "--max-seconds", "7200", "--max-ups", "500"],
             cwd=self.project.dir, env={**os.environ, **self.project.env}, stdout=log, stderr=subprocess.STDOUT)
+        # Events start once the loop follows the stack: during its catch-up (a refresh, then `up`) a stopped stack
+        # instance is started again, as any refresh and `up` would do, and that is not what is measured.
+        path = os.path.join(self.project.dir, "watch.log")
+        if not wait_for(lambda: "reconcile (watch started)" in open(path).read(), 180, 0.5):
+            raise RuntimeError(f"the watch loop did not finish its first reconcile: {open(path).read()[-2000:]}")
 
     def stop_watch(self):
         import signal
@@ -481,6 +486,8 @@ def control_plane_bench(args) -> list[tuple[str, str]]:
                     run_strategy(b, ovn_strategy(OVN_NETWORK), args.runs, table, events, args.results)
             finally:
                 subprocess.run([os.path.join(ROOT, "scripts", "ovn-down")], check=False, stdout=subprocess.DEVNULL)
+    if args.resume:  # the table is every cell measured so far, this run's and the earlier ones'
+        labels = list(dict.fromkeys([label for label, _ in table] + labels))
     rows = [(f"{label}: {event} ({len(res)} runs) — outage median / max", cell_text(res))
             for label in labels for event in EVENTS if (res := table.get((label, event)))]
     return rows + ratios(table, labels)
