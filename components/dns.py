@@ -208,7 +208,8 @@ class DnsLoadBalancer(pulumi.ComponentResource):
             lambda v: {"strategy": "dns", "balancer": lb.name, "nodes": list(node_names),
                        "server": dns.server, "fqdn": dns.fqdn, "apiPort": api_port, "published": sorted(v[0] or []),
                        "targets": [list(t) for t in sorted({(a, p) for a, p in v[1] if a})]})
-        self.status, _ = balancer_status(name, self, ctx, probe, trigger=configured, after=args.ready_after)
+        self.status, _ = balancer_status(name, self, ctx, probe, trigger=configured, after=args.ready_after,
+                                         instances=(*self.nodes, *[b.resource for _, b in flat]))
         self.endpoint_hosts = node_addresses.apply(lambda addrs: [self_endpoint, *addrs])
         self.outputs = pulumi.Output.all(node_addresses, healthy_addresses, self.records.published,
                                          self.status, probe_settings).apply(

@@ -173,7 +173,8 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
         probe = addresses.apply(lambda addrs: {
             "strategy": "keepalived", "balancer": lb.name, "nodes": names, "vips": vips, "port": port.port,
             "addresses": [a for a in addrs if a], "backendPort": port.backend_port})
-        self.status, observed = balancer_status(name, self, ctx, probe, trigger=done, after=args.ready_after)
+        self.status, observed = balancer_status(name, self, ctx, probe, trigger=done, after=args.ready_after,
+                                                instances=[n.resource for n in nodes])
         self.endpoint_hosts = pulumi.Output.from_input([f"{vip}:{port.port}" for vip in vips])
         self.outputs = pulumi.Output.all(addresses, done, self.status, observed).apply(lambda v: {
             "type": "keepalived",

@@ -168,7 +168,8 @@ class HaproxyLoadBalancer(pulumi.ComponentResource):
         probe = pulumi.Output.all(self.endpoints, resolved).apply(lambda v: {
             "strategy": "lxc", "balancer": lb.name, "instances": names, "endpoints": v[0],
             "backends": sorted(b.name for b in v[1])})
-        self.status, _ = balancer_status(name, self, ctx, probe, trigger=files_done, after=args.ready_after)
+        self.status, _ = balancer_status(name, self, ctx, probe, trigger=files_done, after=args.ready_after,
+                                         instances=(*self.instances, *[b.resource for b in backends]))
         self.endpoint_hosts = pulumi.Output.all(self.endpoints, addresses).apply(lambda v: [*v[0], *v[1]])
         self.outputs = pulumi.Output.all(self.endpoints, addresses, resolved, files_done, self.status).apply(
             lambda v: {

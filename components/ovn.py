@@ -90,7 +90,7 @@ class OvnLoadBalancer(pulumi.ComponentResource):
             "strategy": "ovn", "balancer": lb.name, "network": ovn.network_name, "listenAddress": ovn.listen_address,
             "endpoint": endpoint, "backends": sorted(r["name"] for r in rows)})
         self.status, observed = balancer_status(name, self, ctx, probe, trigger=backends,
-                                                after=args.ready_after)
+                                                after=args.ready_after, instances=[t.resource for t in targets])
         self.outputs = pulumi.Output.all(backends, observed, self.status).apply(lambda v: {
             "type": "ovn",
             "endpoint": f"{host}:{lb.ports[0].port}",

@@ -43,7 +43,8 @@ def ready_condition(endpoints: list[str], answers) -> dict:
 
 
 def balancer_status(name: str, parent: pulumi.Resource, ctx, probe: pulumi.Input[dict],
-                    trigger: pulumi.Input = None, after: pulumi.Input = None) -> tuple[pulumi.Output, pulumi.Output]:
+                    trigger: pulumi.Input = None, after: pulumi.Input = None,
+                    instances: tuple = ()) -> tuple[pulumi.Output, pulumi.Output]:
     """The balancer's `status` output, {"conditions": [...]}, and what was observed with it (for example the node
     holding each VIP), read by a BalancerStatus resource
     (providers/status.py) with the strategy's own `read_status(probe, client)`. Read at `up` once `trigger` (the
@@ -51,6 +52,11 @@ def balancer_status(name: str, parent: pulumi.Resource, ctx, probe: pulumi.Input
     every refresh; a preview of an unchanged stack shows the conditions of the last read, so nothing changes."""
     if after is not None:
         trigger = pulumi.Output.all(trigger, after).apply(lambda v: v[0])
+    # The stack's own instances the balancer runs on or sends to: one that `up` starts again (a refresh found it
+    # stopped) changes its `status`, and the conditions are read again once it runs.
+    watched = [i for i in instances if i is not None]
+    if watched:
+        trigger = pulumi.Output.all(trigger, *[i.status for i in watched]).apply(lambda v: [v[0], *v[1:]])
     status = BalancerStatus(f"{name}-status", probe=probe, trigger=trigger, connection=ctx.connection,
                             credentials=ctx.credentials, opts=pulumi.ResourceOptions(parent=parent))
     return status.conditions.apply(lambda c: {"conditions": list(c or [])}), status.observed.apply(lambda o: o or {})
