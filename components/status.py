@@ -54,9 +54,11 @@ def balancer_status(name: str, parent: pulumi.Resource, ctx, probe: pulumi.Input
         trigger = pulumi.Output.all(trigger, after).apply(lambda v: v[0])
     # The stack's own instances the balancer runs on or sends to: one that `up` starts again (a refresh found it
     # stopped) changes its `status`, and the conditions are read again once it runs.
-    watched = [i for i in instances if i is not None]
-    if watched:
-        trigger = pulumi.Output.all(trigger, *[i.status for i in watched]).apply(lambda v: [v[0], *v[1:]])
+    # The provider compares their states with what its last read saw (a refresh that found one stopped, then an
+    # `up` that starts it: read again).
+    watched = list({id(i): i for i in instances if i is not None}.values())
+    trigger = pulumi.Output.all(trigger, *[pulumi.Output.all(i.name, i.status) for i in watched]).apply(
+        lambda v: {"config": v[0], "instances": {n: st for n, st in v[1:]}})
     status = BalancerStatus(f"{name}-status", probe=probe, trigger=trigger, connection=ctx.connection,
                             credentials=ctx.credentials, opts=pulumi.ResourceOptions(parent=parent))
     return status.conditions.apply(lambda c: {"conditions": list(c or [])}), status.observed.apply(lambda o: o or {})

@@ -37,7 +37,10 @@ def read(props: dict) -> dict:
     module = importlib.import_module(f"components.{strategy}")
     conn = Connection.from_props(props.get("connection") or {}, props.get("credentials") or {})
     found = module.read_status(plain(probe), lambda: client_for(conn))
-    return {"conditions": found["conditions"], "observed": found.get("observed") or {}}
+    # The states of the instances the trigger watches, as this read saw them (see diff).
+    watched = ((props.get("trigger") or {}) if isinstance(props.get("trigger"), dict) else {}).get("instances") or {}
+    seen = {name: (client_for(conn).get_instance(name) or {}).get("status", "Missing") for name in watched}
+    return {"conditions": found["conditions"], "observed": found.get("observed") or {}, "seen": seen}
 
 
 def _inputs(props: dict) -> dict:
@@ -53,6 +56,10 @@ class BalancerStatusProvider(ResourceProvider):
 
     def diff(self, _id, olds, news):
         changed = [k for k in ("probe", "trigger") if plain(olds.get(k)) != plain(news.get(k))]
+        # An instance the last read (a refresh, say) saw in another state than `up` leaves it: read again.
+        new_states = (news.get("trigger") or {}).get("instances") if isinstance(news.get("trigger"), dict) else None
+        if isinstance(new_states, dict) and olds.get("seen") is not None and plain(olds["seen"]) != plain(new_states):
+            changed.append("seen")
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def read(self, id_, props):
@@ -76,5 +83,5 @@ class BalancerStatus(pulumi.dynamic.Resource, module="status", name="BalancerSta
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["credentials"]))
         super().__init__(BalancerStatusProvider(), resource_name, {
             "probe": probe, "trigger": trigger, "connection": connection, "credentials": credentials,
-            "conditions": None, "observed": None,
+            "conditions": None, "observed": None, "seen": None,
         }, opts)

@@ -251,3 +251,15 @@ def test_facts_ask_the_server_each_question_once_per_run():
     for key in ("a.image", "b.image"):
         with pytest.raises(ValueError, match=key):
             f.image_fingerprint(key, "cplb/missing")
+
+
+def test_status_reads_again_when_up_leaves_an_instance_otherwise_than_the_last_read_saw_it():
+    """A refresh saw a backend instance stopped; `up` starts it again: the conditions are read again."""
+    from providers.status import BalancerStatusProvider
+
+    trigger = {"config": ["h"], "instances": {"s-cp-3": "Running"}}
+    old = {"probe": {"strategy": "lxc"}, "trigger": trigger, "seen": {"s-cp-3": "Stopped"}}
+    p = BalancerStatusProvider()
+    assert p.diff("id", old, {"probe": {"strategy": "lxc"}, "trigger": trigger}).changes
+    assert not p.diff("id", {**old, "seen": {"s-cp-3": "Running"}},
+                      {"probe": {"strategy": "lxc"}, "trigger": trigger}).changes
