@@ -127,11 +127,9 @@ class Facts:
             self._instances = out
         return self._instances
 
-    def vip_holders(self, vips: list[str], fresh: bool = False) -> dict[str, str]:
-        """Which instance has each VIP on its interface right now (None when no one does).
-        `fresh`: read Incus again (the status outputs ask after `up` changed things)."""
-        if fresh:
-            self._instances = None
+    def vip_holders(self, vips: list[str]) -> dict[str, str]:
+        """Which instance has each VIP on its interface (None when no one does), from this run's one listing.
+        (A balancer's status reads its own nodes live: components/keepalived.read_status.)"""
         out: dict[str, str] = {}
         for inst in self.instances():
             for addr in inst.ipv4 + inst.ipv6:
