@@ -13,9 +13,10 @@ from providers.incus_client import IncusError
 
 try:
     stack_spec = spec.from_pulumi_config()
-    ctx = StackContext(stack=pulumi.get_stack(), incus=stack_spec.incus,
-                       ipv6=any("IPv6" in lb.ip_families for lb in stack_spec.load_balancers))
     facts = Facts(stack_spec.incus)
+    ctx = StackContext(stack=pulumi.get_stack(), incus=stack_spec.incus,
+                       ipv6=any("IPv6" in lb.ip_families for lb in stack_spec.load_balancers),
+                       members=tuple(facts.cluster_members()))
     strategies.check_all(ctx, stack_spec, facts)  # names, extensions, VIPs: before anything is registered
     if stack_spec.kubernetes.publish and stack_spec.kubernetes.kubeconfig:
         from facts import kubernetes_access

@@ -42,6 +42,12 @@ def connection_for(incus: IncusSpec) -> Connection:
                       client_cert=incus.client_cert, client_key=incus.client_key, server_cert=incus.server_cert)
 
 
+def member_of(inst: dict) -> str:
+    """The cluster member an instance runs on, as Incus reports it ("none" on a standalone server)."""
+    location = inst.get("location") or ""
+    return "" if location == "none" else location
+
+
 def selector_matches(selector: Selector, labels: dict[str, str]) -> bool:
     for key, value in selector.match_labels.items():
         if labels.get(key) != value:
@@ -73,6 +79,7 @@ class ObservedInstance:
     ipv6: tuple
     owner_stack: Optional[str]
     owner_id: Optional[str]
+    location: str = ""  # the cluster member it runs on ("" on a standalone server)
 
 
 class Facts:
@@ -123,9 +130,19 @@ class Facts:
                     labels={k: v for k, v in cfg.items() if k.startswith("user.")},
                     ipv4=tuple(addrs.get("inet", [])), ipv6=tuple(addrs.get("inet6", [])),
                     owner_stack=cfg.get("user.cplb.stack"), owner_id=cfg.get("user.cplb.owner"),
+                    location=member_of(inst),
                 ))
             self._instances = out
         return self._instances
+
+    def cluster_members(self) -> list[str]:
+        """The members of the Incus cluster, by name (every member, online or not, so that a placement made from
+        this list does not move when one is down); [] on a standalone server."""
+        def read():
+            if not (self.client.server().get("environment") or {}).get("server_clustered"):
+                return []
+            return sorted(url.rstrip("/").rsplit("/", 1)[-1] for url in self.client.call("GET", "cluster/members"))
+        return self._once(("cluster-members",), read)
 
     def vip_holders(self, vips: list[str]) -> dict[str, str]:
         """Which instance has each VIP on its interface (None when no one does), from this run's one listing.
@@ -212,8 +229,12 @@ class Facts:
         `prefix`: the VIP's own prefix length, which must be the subnet's (keepalived puts it on the interface)."""
         cfg = (self.network(network) or {}).get("config") or {}
         cidr = cfg.get("ipv4.address", "")
+        if (not cidr or cidr == "none") and self.incus.subnet:
+            # A network whose addresses Incus does not manage (macvlan onto the hosts' LAN): the stack says which.
+            cidr = self.incus.subnet
         if not cidr or cidr == "none":
-            raise ValueError(f"{field}: network {network!r} has no IPv4 subnet for the VIP")
+            raise ValueError(f"{field}: network {network!r} has no IPv4 subnet for the VIP (for a macvlan or "
+                             "physical network, say which in cplb:incus.subnet)")
         iface = ipaddress.ip_interface(cidr)
         addr = ipaddress.ip_address(vip)
         if addr not in iface.network or addr in (iface.ip, iface.network.network_address,

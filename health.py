@@ -78,7 +78,7 @@ def https_probe(address: str, port: int, path: str, ca_pem: str, server_name: st
     first = tcp_probe(address, port, timeout=timeout)
     if first != "ok":
         return first
-    ctx = ssl.create_default_context(cadata=ca_pem)
+    ctx = ssl.create_default_context(cadata=ca_pem or None)  # no CA given: the system's
     ctx.check_hostname = bool(server_name)
     try:
         with socket.create_connection((address, port), timeout=timeout) as sock:

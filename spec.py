@@ -173,6 +173,23 @@ class IncusSpec(Model):
         "default", alias="storagePool", description="Storage pool of the instances' root disks."
     )
     network: IncusName = Field("incusbr0", description="Managed network the instances' eth0 attach to.")
+    subnet: Optional[str] = Field(
+        None, pattern=r"^[0-9.]+/[0-9]{1,2}$",
+        description="The IPv4 subnet of `network` as the gateway's address and prefix (e.g. 198.18.30.1/24), for a "
+        "network whose addresses Incus does not manage (macvlan onto the hosts' LAN): VIPs are checked against it.")
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        try:
+            iface = ipaddress.IPv4Interface(value)
+        except ValueError:
+            raise ValueError(f"{show(value)} is not an IPv4 address with a prefix length") from None
+        if not 8 <= iface.network.prefixlen <= 30:
+            raise ValueError("subnet needs a prefix length of 8-30")
+        return str(iface)
 
     @model_validator(mode="after")
     def _remote_needs_credentials(self):

@@ -214,12 +214,9 @@ class Bench:
 
     @property
     def ca_pem(self) -> str:
-        import base64
+        from tests.k8s import kubeconfig_ca
 
-        import yaml
-
-        doc = yaml.safe_load(self.cluster["kubeconfig"])
-        return base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
+        return kubeconfig_ca(self.cluster["kubeconfig"])
 
     def cp_address(self, instance: str) -> str:
         return dict(zip(self.cluster["controlPlane"], self.cluster["addresses"]))[instance]

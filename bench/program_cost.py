@@ -1,14 +1,16 @@
-"""Program cost: `pulumi preview` and a no-op `pulumi up` for 1, 5, 20 lxc balancers x 3, 10, 50 targets, against
-the floor of an empty Pulumi program (same CLI, same language host, same backend) measured in the same run.
+"""Program cost: `pulumi preview` and a no-op `pulumi up` for 1, 5, 20 lxc balancers x 3, 10, 50 targets, then
+100 balancers x 50 targets to show how it grows, against the floor of an empty Pulumi program (same CLI, same language host, same backend) measured in the same run.
 
 Targets are explicit addresses cycling over three demo API servers the bench starts (so haproxy's health checks
-only reach the project's own instances); each balancer is one haproxy container and one config file.
+only reach the project's own instances); each balancer is one haproxy container, one config file and
+its status reader.
 Run: `python bench/program_cost.py [--record]` (part of `make bench`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -23,6 +25,8 @@ from tests.helpers import ProjectCopy, base_config, incus, instances_with_prefix
 
 BALANCERS = (1, 5, 20)
 TARGETS = (3, 10, 50)
+# One cell beyond the grid shows how the cost grows with the balancer count.
+SCALE = (100, 50)
 
 
 def cli(project: ProjectCopy, cwd: str, *args: str) -> float:
@@ -32,6 +36,14 @@ def cli(project: ProjectCopy, cwd: str, *args: str) -> float:
                    else ["pulumi", *args, "--non-interactive"], cwd=cwd, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return time.monotonic() - t0
+
+
+def resources(project: ProjectCopy, stack: str) -> int:
+    """The resources in the stack's state (components, instances, files, status readers)."""
+    out = subprocess.run(["pulumi", "stack", "export", "--stack", stack], cwd=project.dir,
+                         env={**os.environ, **project.env}, check=True, capture_output=True, text=True).stdout
+    return sum(1 for r in json.loads(out)["deployment"].get("resources", [])
+               if not r["type"].startswith("pulumi:"))
 
 
 def median_of(n: int, fn) -> float:
@@ -52,6 +64,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per measure (median)")
+    parser.add_argument("--no-scale", action="store_true", help=f"skip the {SCALE[0]}-balancer cell")
+    parser.add_argument("--cells", default="", help="only these cells, e.g. 20x50,100x50 (after the empty floor)")
     args = parser.parse_args()
 
     project = ProjectCopy()
@@ -76,16 +90,18 @@ def main() -> int:
         addresses = [launch_external(name, {"user.cplb.bench": stack}) for name in backends]
         project.write_stack_config(stack, config(1, 3, addresses))
         cli(project, project.dir, "stack", "init", stack)
-        for nb in BALANCERS:
-            for nt in TARGETS:
-                project.write_stack_config(stack, config(nb, nt, addresses))
-                converge = cli(project, project.dir, "up", "--stack", stack)
-                preview = median_of(args.runs, lambda: cli(project, project.dir, "preview", "--stack", stack))
-                noop = median_of(args.runs, lambda: cli(project, project.dir, "up", "--stack", stack))
-                rows.append((f"{nb} balancers x {nt} targets ({2 * nb} resources): preview / no-op up",
-                             f"{preview:.2f} s ({preview / floor_preview:.1f}x) / {noop:.2f} s "
-                             f"({noop / floor_up:.1f}x); converging up from the previous size {converge:.1f} s"))
-                print(rows[-1], flush=True)
+        cells = [(nb, nt) for nb in BALANCERS for nt in TARGETS] + ([] if args.no_scale else [SCALE])
+        if args.cells:
+            cells = [tuple(int(n) for n in c.split("x")) for c in args.cells.split(",")]
+        for nb, nt in cells:
+            project.write_stack_config(stack, config(nb, nt, addresses))
+            converge = cli(project, project.dir, "up", "--stack", stack)
+            preview = median_of(args.runs, lambda: cli(project, project.dir, "preview", "--stack", stack))
+            noop = median_of(args.runs, lambda: cli(project, project.dir, "up", "--stack", stack))
+            rows.append((f"{nb} balancers x {nt} targets ({resources(project, stack)} resources): preview / no-op up",
+                         f"{preview:.2f} s ({preview / floor_preview:.1f}x) / {noop:.2f} s "
+                         f"({noop / floor_up:.1f}x); converging up from the previous size {converge:.1f} s"))
+            print(rows[-1], flush=True)
         cli(project, project.dir, "destroy", "--stack", stack)
     finally:
         for name in list(instances_with_prefix(stack)):

@@ -24,6 +24,15 @@ class StackContext:
     stack: str
     incus: IncusSpec
     ipv6: bool = False  # some balancer serves IPv6: instances wait for their SLAAC address too
+    members: tuple = ()  # the Incus cluster's members by name; () on a standalone server
+
+    def placement(self, target: Optional[str], replica: int) -> Optional[str]:
+        """The member replica `replica` (1-based) of a balancer or control plane goes to: the one the config names,
+        else the members in turn, so that losing one member loses one replica. The order is by name over every
+        member (a member that is down keeps its place), so a placement does not move while the cluster stays."""
+        if target or not self.members:
+            return target
+        return self.members[(replica - 1) % len(self.members)]
 
     def object_name(self, *parts: str) -> str:
         """`<stack>-<part>-...`: deterministic, so an interrupted `up` can adopt what it made."""

@@ -17,15 +17,13 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
-import ssl
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
 
+import health
 from components.common import StackContext, instance_config
 from providers.instance import Instance
 from providers.instance_file import InstanceFile
@@ -116,15 +114,8 @@ def kubeconfig(cluster: str, server: str, ca: str, cert: str, key: str) -> str:
 
 
 def readyz(address: str, ca_pem: str, timeout: float = 2.0) -> bool:
-    """GET /readyz on one API server, verified against the cluster CA."""
-    ctx = ssl.create_default_context(cadata=ca_pem)
-    ctx.check_hostname = False  # the address is in the certificate, but verify the chain only: names are tested
-    host = f"[{address}]" if ":" in address else address
-    try:
-        with urllib.request.urlopen(f"https://{host}:6443/readyz", timeout=timeout, context=ctx) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError, ssl.SSLError):
-        return False
+    """GET /readyz on one API server, its chain verified against the cluster CA (names are tested elsewhere)."""
+    return health.https_probe(address, 6443, "/readyz", ca_pem, timeout=timeout) == "ok"
 
 
 def wait_ready(addresses: list[str], ca_pem: str, wait_seconds: float = READY_WAIT_SECONDS) -> list[str]:
@@ -169,7 +160,7 @@ class ControlPlane(pulumi.ComponentResource):
             connection=ctx.connection, credentials=ctx.credentials, address_families=ctx.address_families,
             owner_stack=ctx.stack, owner_id=f"group/{spec.name}", profiles=spec.instance.profiles,
             config=instance_config(spec.instance, spec.labels), devices=ctx.devices(spec.instance.network),
-            instance_type=spec.instance.instance_type, target=spec.instance.target, opts=child,
+            instance_type=spec.instance.instance_type, target=ctx.placement(spec.instance.target, n), opts=child,
         ) for n in range(1, spec.count + 1)]
         self.addresses = pulumi.Output.all(*[i.address for i in self.instances])
         self.ca_cert = self.ca.certs.apply(lambda c: c["ca.crt"])

@@ -76,6 +76,7 @@ def haproxy_drain(lb: LoadBalancerSpec) -> dict:
 
 
 def rendered_backends(backends) -> "pulumi.Output[list[RenderedBackend]]":
-    rows = [pulumi.Output.all(b.name, b.address, b.address6) for b in backends]
-    return pulumi.Output.all(*rows).apply(
+    from components.targets import rows_of
+
+    return rows_of([(b.name, b.address, b.address6) for b in backends]).apply(
         lambda rows: [RenderedBackend(n, a or "", a6 or "") for n, a, a6 in rows if a or a6])

@@ -39,7 +39,7 @@ class InstanceGroup(pulumi.ComponentResource):
                 config=instance_config(spec.instance, spec.labels),
                 devices=ctx.devices(spec.instance.network),
                 instance_type=spec.instance.instance_type,
-                target=spec.instance.target,
+                target=ctx.placement(spec.instance.target, n),
                 opts=pulumi.ResourceOptions(parent=self),
             ))
         self.addresses = pulumi.Output.all(*[i.address for i in self.instances])

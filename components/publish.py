@@ -161,16 +161,15 @@ def server_of(kubeconfig: str) -> tuple[str, str]:
 
 
 def answers(server: str, ca_pem: str, timeout: float = 3.0) -> bool:
-    """`GET /readyz` through `server` answers 200, TLS verified against the kubeconfig's CA."""
-    import ssl
-    import urllib.request
+    """`GET /readyz` through `server` (https://host:port) answers 200, TLS verified against the kubeconfig's CA,
+    names included."""
+    import urllib.parse
 
-    ctx = ssl.create_default_context(cadata=ca_pem or None)
-    try:
-        with urllib.request.urlopen(f"{server.rstrip('/')}/readyz", timeout=timeout, context=ctx) as r:
-            return r.status == 200
-    except (OSError, ssl.SSLError):
-        return False
+    import health
+
+    url = urllib.parse.urlsplit(server)
+    return health.https_probe(url.hostname, url.port or 443, "/readyz", ca_pem, server_name=url.hostname,
+                              timeout=timeout) == "ok"
 
 
 def when_answering(kubeconfig: str) -> str:

@@ -7,14 +7,14 @@ from components.external import ExternalLoadBalancer
 from components.dns import DnsLoadBalancer
 from components.keepalived import KeepalivedLoadBalancer
 from components.common import LoadBalancerArgs
-from components.lxc import HaproxyLoadBalancer
+from components.lxc import LxcLoadBalancer
 from components.oci import OciLoadBalancer
 from components.ovn import OvnLoadBalancer
 from facts import Facts
 from spec import LoadBalancerSpec, StackSpec
 
 COMPONENTS = {
-    "lxc": HaproxyLoadBalancer,
+    "lxc": LxcLoadBalancer,
     "oci": OciLoadBalancer,
     "ovn": OvnLoadBalancer,
     "external": ExternalLoadBalancer,

@@ -31,6 +31,7 @@ class Backend:
     source: str = "address"  # address | instance | stack-instance
     resource: Any = None  # the Instance resource, for instances this stack creates
     address6: Any = ""  # the instance's IPv6 address (dual stack), or ""
+    location: Any = ""  # the Incus cluster member it runs on ("" for an address, or on a standalone server)
 
     def __post_init__(self):
         if not _SAFE_NAME.fullmatch(self.name):
@@ -66,7 +67,8 @@ def resolve_targets(targets: TargetsSpec, field: str, facts: Facts, stack: str, 
         # (a label the stack does not declare: `up` and refresh never remove it).
         if selector_matches(selector, declared) and not is_disabled(declared) and not is_disabled(live.get(name, {})):
             backends.append(Backend(name, resource.address, resource.uuid, "stack-instance", resource,
-                                    address6=resource.ipv6.apply(lambda v6: (v6 or [""])[0])))
+                                    address6=resource.ipv6.apply(lambda v6: (v6 or [""])[0]),
+                                    location=resource.location.apply(lambda loc: "" if loc in (None, "none") else loc)))
     for inst in facts.instances():
         owner = inst.owner_id or ""
         if inst.name in stack_instances or owner.startswith("lb/"):
@@ -80,25 +82,40 @@ def resolve_targets(targets: TargetsSpec, field: str, facts: Facts, stack: str, 
                             f"({inst.status}); left out")
             continue
         backends.append(Backend(inst.name, checked_address(inst.ipv4[0], inst.name), inst.uuid, "instance",
-                                address6=checked_address(inst.ipv6[0], inst.name) if inst.ipv6 else ""))
+                                address6=checked_address(inst.ipv6[0], inst.name) if inst.ipv6 else "",
+                                location=inst.location))
     return sorted(backends, key=lambda b: b.name)
 
 
 def routing(pairs: list[tuple[Backend, int]], families=("IPv4",)) -> "pulumi.Output[dict]":
     """Ironcore-style routing (LoadBalancerRouting): every resolved destination, one row per backend instance,
-    address family and backend port, with the instance's name and Incus uuid."""
-    rows = [pulumi.Output.all(b.name, b.uuid, b.address, b.address6, port) for b, port in pairs]
+    address family and backend port, with the instance's name, Incus uuid and cluster member (`location`)."""
+    rows = [(b.name, b.uuid, b.address, b.address6, port, b.location) for b, port in pairs]
 
     def table(rows):
         out = set()
-        for name, uuid, v4, v6, port in rows:
+        for name, uuid, v4, v6, port, location in rows:
             for family, address in (("IPv4", v4), ("IPv6", v6)):
                 if address and family in families:
-                    out.add((name, uuid or "", address, int(port), family))
-        return {"destinations": [{"name": n, "uuid": u, "address": a, "port": p, "family": f}
-                                 for n, u, a, p, f in sorted(out)]}
+                    out.add((name, uuid or "", address, int(port), family, location or ""))
+        return {"destinations": [{"name": n, "uuid": u, "address": a, "port": p, "family": f, "location": loc}
+                                 for n, u, a, p, f, loc in sorted(out)]}
 
-    return pulumi.Output.all(*rows).apply(table)
+    return rows_of(rows).apply(table)
+
+
+def rows_of(rows: list[tuple]) -> "pulumi.Output[list[tuple]]":
+    """One Output of a list of rows whose values may be Outputs. Rows of plain values (explicit addresses, instances
+    that exist) cost nothing: an Output per row is what made a balancer of 50 targets slow to preview."""
+    def has_output(row) -> bool:
+        return any(isinstance(v, pulumi.Output) for v in row)
+
+    # (Output.from_input of a list would wrap every value of every row in an Output of its own: apply does not.)
+    plain = pulumi.Output.from_input(None)
+    if not any(has_output(r) for r in rows):
+        return plain.apply(lambda _: [tuple(r) for r in rows])
+    return pulumi.Output.all(*[pulumi.Output.all(*r) if has_output(r) else plain.apply(lambda _, r=r: list(r))
+                               for r in rows]).apply(lambda done: [tuple(r) for r in done])
 
 
 def port_pairs(backends: list[Backend], ports) -> list[tuple[Backend, int]]:

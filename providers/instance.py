@@ -49,7 +49,7 @@ def create_request(props: dict) -> dict[str, Any]:
     (needs the server's `instance_oci` extension); else a system container from a local image alias."""
     oci = props.get("oci") or {}
     if oci:
-        source = {"type": "image", "protocol": "oci", "server": oci["registry"], "alias": oci["image"]}
+        source = {"type": "image", "mode": "pull", "protocol": "oci", "server": oci["registry"], "alias": oci["image"]}
     else:
         source = {"type": "image", "alias": props["image"]}
     body: dict[str, Any] = {

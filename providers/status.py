@@ -25,7 +25,7 @@ from providers.values import plain
 
 INPUT_KEYS = ("probe", "trigger", "connection", "credentials")
 # Strategies that have a reader (the probe names one); a probe naming anything else is refused, not imported.
-READERS = {"lxc", "keepalived", "ovn", "dns"}
+READERS = {"lxc", "oci", "keepalived", "ovn", "dns"}
 
 
 def read(props: dict) -> dict:

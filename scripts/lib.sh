@@ -21,6 +21,25 @@ CPLB_BRIDGE_ADDR=${CPLB_BRIDGE_ADDR:-198.18.10.1/24}
 CPLB_BRIDGE_ADDR6=${CPLB_BRIDGE_ADDR6:-fd00:198:18:10::1/64}
 CPLB_DHCP_RANGE=${CPLB_DHCP_RANGE:-198.18.10.100-198.18.10.199}
 
+# Nested Incus 7 servers (scripts/incus7-up): their own bridge, NAT off; the servers take fixed addresses below the
+# DHCP range (which their instances use, through a macvlan network on each server's eth0); VIPs from .50-.99.
+CPLB7_BRIDGE=${CPLB7_BRIDGE:-cplb7br0}
+CPLB7_NET=${CPLB7_NET:-198.18.30}
+CPLB7_STATE="$ROOT/.state/incus7"
+CPLB7_REGISTRY_PORT=${CPLB7_REGISTRY_PORT:-5000}
+
+# The Debian mirror this machine already uses, read from its own apt sources (no host name is written here).
+debian_mirror() {
+    local uri
+    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)
+    if [ -z "$uri" ]; then
+        uri=$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
+            /etc/apt/sources.list 2>/dev/null | head -n1)
+    fi
+    [ -n "$uri" ] || { echo "no Debian mirror found in /etc/apt/sources.list(.d)" >&2; return 1; }
+    echo "$uri"
+}
+
 _t0() { date +%s.%N; }
 _since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1fs", b - a }'; }
 

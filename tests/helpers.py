@@ -6,6 +6,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -135,8 +136,9 @@ def demo_group(count: int = 3, name: str = "demo-cp", cluster: str = "itdemo", r
 
 
 @contextmanager
-def pulumi_stack(values: dict, prefix: str = "it"):
-    """A fresh stack; destroyed (and checked empty) afterwards even when the test fails."""
+def pulumi_stack(values: dict, prefix: str = "it", leftovers=None):
+    """A fresh stack; destroyed (and checked empty) afterwards even when the test fails. `leftovers(name)` deletes
+    what a failed destroy left (default: instances `<name>-*` on this machine's Incus)."""
     project = ProjectCopy()
     name = unique_stack(prefix)
     stack = project.stack(name, values)
@@ -146,6 +148,8 @@ def pulumi_stack(values: dict, prefix: str = "it"):
         try:
             stack.destroy(on_output=lambda _: None)
         finally:
+            if leftovers:
+                leftovers(name)
             for inst in instances_with_prefix(name):  # never leave instances behind a failed test
                 incus().delete_instance(inst)
             project.cleanup()
@@ -298,3 +302,20 @@ def local_dns_server():
     finally:
         subprocess.run([script, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def up_in_thread(stack) -> tuple[threading.Thread, dict]:
+    """`up` in the background (a drain makes it wait); the box gets its result or error, and how long it took."""
+    box: dict = {}
+
+    def run():
+        t0 = time.monotonic()
+        try:
+            box["result"] = stack.up(on_output=lambda _: None)
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            box["error"] = exc
+        box["seconds"] = time.monotonic() - t0
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box

@@ -18,6 +18,16 @@ def real_control_plane(name: str, cluster: str, count: int = 3, **extra) -> dict
             "instance": {"image": "cplb/control-plane", "limits": {"memory": "768MiB"}}, **extra}
 
 
+def kubeconfig_ca(kubeconfig: str) -> str:
+    """The cluster CA (PEM) a kubeconfig carries."""
+    import base64
+
+    import yaml
+
+    doc = yaml.safe_load(kubeconfig)
+    return base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
+
+
 def readyz_check(**over) -> dict:
     return {"mode": "https", "path": "/readyz", "intervalSeconds": 1, "rise": 1, "fall": 2, **over}
 
@@ -122,8 +132,7 @@ class ApiLoad(Background):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(base64.b64decode(user[field]))
-        self.ctx = ssl.create_default_context(
-            cadata=base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"]).decode())
+        self.ctx = ssl.create_default_context(cadata=kubeconfig_ca(kubeconfig))
         self.ctx.load_cert_chain(cert, key)
         self.host, self.port, self.server_name = host, port, server_name or host
         self.interval, self.max_seconds = interval, max_seconds

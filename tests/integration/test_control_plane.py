@@ -303,12 +303,9 @@ def test_a_kubeconfig_that_does_not_authenticate_is_refused_at_preview(k8s):
 
 
 def cluster_ca(result) -> str:
-    import base64
+    from tests.k8s import kubeconfig_ca
 
-    import yaml
-
-    doc = yaml.safe_load(result.outputs["clusters"].value[CLUSTER]["kubeconfig"])
-    return base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
+    return kubeconfig_ca(result.outputs["clusters"].value[CLUSTER]["kubeconfig"])
 
 
 def restart_all_under_load(result, host: str, port: int, server_name=None) -> dict:

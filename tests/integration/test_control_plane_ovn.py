@@ -29,12 +29,9 @@ def cluster_of(result) -> dict:
 
 
 def ca_of(result) -> str:
-    import base64
+    from tests.k8s import kubeconfig_ca
 
-    import yaml
-
-    doc = yaml.safe_load(cluster_of(result)["kubeconfig"])
-    return base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
+    return kubeconfig_ca(cluster_of(result)["kubeconfig"])
 
 
 def restart_under_load(result, host: str, port: int, server_name=None) -> dict:

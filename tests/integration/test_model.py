@@ -3,13 +3,13 @@ bounded wait, status conditions, routing, and a dual-stack endpoint reaching IPv
 
 import random
 import socket
-import threading
 import time
 
 import pytest
 
 from tests.helpers import (
-    base_config, http_get, incus, launch_external, pulumi_stack, service_down, service_up, set_label, wait_for,
+    base_config, http_get, incus, launch_external, pulumi_stack, service_down, service_up, set_label, up_in_thread,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -74,22 +74,6 @@ def last_drain(stack) -> dict:
         if res["type"].endswith("InstanceFile") and res["outputs"].get("lastDrain"):
             return res["outputs"]["lastDrain"]
     return {}
-
-
-def up_in_thread(stack) -> tuple[threading.Thread, dict]:
-    box: dict = {}
-
-    def run():
-        t0 = time.monotonic()
-        try:
-            box["result"] = stack.up(on_output=quiet)
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            box["error"] = exc
-        box["seconds"] = time.monotonic() - t0
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, box
 
 
 def test_drain_waits_for_open_connections_within_the_bound_and_status_follows(control_plane):

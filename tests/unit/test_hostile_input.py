@@ -25,7 +25,7 @@ from components.dns import render_nginx
 from components.external import render_kube_vip
 from components.keepalived import render_node_conf
 from components.haproxy import RenderedBackend, render_haproxy
-from components.lxc import render_vrrp_pair
+from components.haproxy_balancer import render_vrrp_pair
 from components.render import RenderError, validate_manifest
 
 # What an attacker or a careless user would type: syntax of every file format, whitespace of every kind,

@@ -85,7 +85,7 @@ def test_oci_create_request():
         "profiles": [], "config": {"limits.memory": "128MiB"}, "devices": {"eth0": {"type": "nic"}},
         "ownerStack": "s", "ownerId": "lb/api",
     })
-    assert body["source"] == {"type": "image", "protocol": "oci", "server": "https://docker.io",
+    assert body["source"] == {"type": "image", "mode": "pull", "protocol": "oci", "server": "https://docker.io",
                               "alias": "library/haproxy:lts"}
     assert body["type"] == "container" and body["start"] is False
     assert body["config"]["user.cplb.stack"] == "s" and body["config"]["user.cplb.owner"] == "lb/api"

@@ -104,7 +104,7 @@ def test_the_dns_proxy_uses_the_stack_connect_timeout(tmp_path):
 
 @pytest.mark.parametrize("advert,expect", [(1, "advert_int 1\n"), (0.05, "version 3\n    advert_int 0.05\n")])
 def test_the_lxc_pair_takes_its_advert_interval_and_keepalived_accepts_it(tmp_path, advert, expect):
-    from components.lxc import render_vrrp_pair
+    from components.haproxy_balancer import render_vrrp_pair
 
     lb = spec.parse({"loadBalancers": [{"name": "api", "cluster": "demo", "type": "lxc", "lxc": {
         "replicas": 2, "vip": "198.18.10.9", "advertIntervalSeconds": advert}}]}).load_balancers[0]

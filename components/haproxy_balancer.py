@@ -1,0 +1,184 @@
+"""One or more haproxy instances in front of the backends, the part `lxc` and `oci` share: the instances, haproxy.cfg
+pushed, validated and reloaded (master-worker, SIGUSR2: the instances stay), a VRRP pair when there are replicas,
+and the balancer's status. A strategy module says what the instances are made from and what it checks first.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import pulumi
+
+from components.common import LoadBalancerArgs, instance_config
+from components.haproxy import (
+    BACKENDS_SETTLE_SECONDS, CLUSTER_CA, HAPROXY_CFG, HAPROXY_RELOAD, HAPROXY_VALIDATE, KEEPALIVED_CONF,
+    KEEPALIVED_RELOAD, KEEPALIVED_VALIDATE, MONITOR_PORT, haproxy_drain, render_haproxy,
+    rendered_backends,
+)
+import health
+from components.render import render
+from components.status import backends_condition, balancer_status, condition, ready_condition
+from components.targets import port_pairs, routing
+from providers.instance import Instance
+from providers.instance_file import InstanceFile
+from spec import LoadBalancerSpec
+
+
+def render_vrrp_pair(stack: str, lb: LoadBalancerSpec, router_id: str, priority: int, prefix_len: int) -> str:
+    """keepalived.conf of one haproxy replica: the VIP follows a replica whose haproxy has a live backend."""
+    lxc = lb.lxc_spec
+    return render(
+        "keepalived-haproxy.conf.j2",
+        stack=stack, lb_name=lb.name, router_id=router_id,
+        monitor_port=MONITOR_PORT, instance_name=f"VI_{lb.name.replace('-', '_')}",
+        interface="eth0", virtual_router_id=lxc.virtual_router_id,
+        priority=priority, auth_pass=lxc.auth_pass, advert_int=lxc.advert_int_text, version3=lxc.needs_v3, vip=lxc.vip, prefix_len=prefix_len,
+    )
+
+
+def read_status(probe: dict, client) -> dict:
+    """The balancer as it is now: its instances running, the endpoint answering, and every backend as haproxy's
+    own checks see it (the runtime API of the first running replica)."""
+    incus = client()
+    names = probe["instances"]
+    states = {n: (incus.get_instance(n) or {}).get("status", "Missing") for n in names}
+    running = [n for n in names if states[n] == "Running"]
+    wanted = set(probe["backends"])
+    servers: dict = {}
+    # A server that just became ready is seen by haproxy's next check: wait a little (bounded) for it.
+    deadline = time.monotonic() + BACKENDS_SETTLE_SECONDS
+    while running:
+        servers = health.haproxy_servers(incus, running[0], settle_seconds=5.0)
+        if all(servers.get(n) for n in wanted) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    return {"conditions": [
+        condition("Exists", len(running) == len(names), "InstancesRunning" if len(running) == len(names)
+                  else "InstancesNotRunning", f"{len(running)} of {len(names)} haproxy instances running"),
+        ready_condition(probe["endpoints"], health.endpoint_answers),
+        backends_condition(sum(bool(servers.get(n)) for n in wanted), len(wanted),
+                           f"haproxy runtime API of {running[0] if running else names[0]}"),
+    ]}
+
+
+class HaproxyBalancer(pulumi.ComponentResource):
+    """haproxy instances of one balancer. A strategy subclass sets TYPE, STRATEGY (its module reads the status),
+    where haproxy.cfg goes and how haproxy reloads, and what the instances are made from."""
+
+    TYPE = ""
+    STRATEGY = ""
+    CONFIG_PATH = HAPROXY_CFG
+    RELOAD = HAPROXY_RELOAD
+
+    def instance_source(self, args: LoadBalancerArgs) -> dict:
+        """Instance keyword arguments that say what the instance is made from."""
+        raise NotImplementedError
+
+    def instance_config(self, args: LoadBalancerArgs, labels: dict) -> dict:
+        return instance_config(args.spec.lxc_spec.instance, labels)
+
+    def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__(self.TYPE, name, None, opts)
+        ctx, lb, facts = args.ctx, args.spec, args.facts
+        lxc = lb.lxc_spec
+        ha = lxc.replicas > 1
+        prefix_len = facts.check_vip(f"{args.field}.lxc.vip", lxc.vip, ctx.incus.network) if ha else None
+        port = lb.ports[0].port
+        child = pulumi.ResourceOptions(parent=self)
+
+        labels = {
+            "user.cluster-name": lb.cluster,
+            "user.cluster-role": "loadbalancer",
+            "user.cplb.balancer": lb.name,
+        }
+        names = [ctx.object_name(lb.name, "haproxy", str(n)) for n in range(1, lxc.replicas + 1)]
+        self.instances: list[Instance] = []
+        source = self.instance_source(args)
+        for n in range(1, lxc.replicas + 1):
+            self.instances.append(Instance(
+                f"{name}-haproxy-{n}",
+                name=names[n - 1],
+                connection=ctx.connection,
+                credentials=ctx.credentials,
+                address_families=ctx.address_families,
+                owner_stack=ctx.stack,
+                owner_id=f"lb/{lb.name}",
+                config=self.instance_config(args, labels),
+                devices=ctx.devices(lxc.instance.network),
+                ignore_addresses=[lxc.vip] if ha else [],
+                opts=child,
+                **{**source, "target": ctx.placement(source.get("target"), n)},
+            ))
+
+        backends = args.backends
+        resolved = rendered_backends(backends)
+        verify = lb.health_check.scheme == "https" and args.cluster_ca is not None
+        haproxy_cfg = resolved.apply(lambda bs: render_haproxy(ctx.stack, lb, bs, ca_file=CLUSTER_CA if verify else ""))
+        self.files: list[InstanceFile] = []
+        for n, inst in enumerate(self.instances, start=1):
+            ca_files = [InstanceFile(
+                f"{name}-cluster-ca-{n}", instance=inst.name, instance_uuid=inst.uuid, path=CLUSTER_CA,
+                content=args.cluster_ca, connection=ctx.connection, credentials=ctx.credentials, opts=child,
+            )] if verify else []
+            self.files += ca_files
+            self.files.append(InstanceFile(
+                f"{name}-haproxy-cfg-{n}",
+                instance=inst.name, instance_uuid=inst.uuid, path=self.CONFIG_PATH, content=haproxy_cfg,
+                connection=ctx.connection, credentials=ctx.credentials,
+                validate_command=HAPROXY_VALIDATE, reload_command=self.RELOAD, drain=haproxy_drain(lb),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=ca_files),
+            ))
+            if ha:
+                conf = render_vrrp_pair(ctx.stack, lb, names[n - 1], 200 - 10 * n, prefix_len)
+                # The file holds the VRRP password: keep it a secret in state, diffs and previews.
+                conf = pulumi.Output.secret(conf) if lxc.auth_pass else conf
+                self.files.append(InstanceFile(
+                    f"{name}-keepalived-conf-{n}",
+                    instance=inst.name, instance_uuid=inst.uuid, path=KEEPALIVED_CONF, content=conf,
+                    connection=ctx.connection, credentials=ctx.credentials,
+                    validate_command=KEEPALIVED_VALIDATE, reload_command=KEEPALIVED_RELOAD, opts=child,
+                    redact=[lxc.auth_pass] if lxc.auth_pass else None,
+                ))
+
+        addresses = pulumi.Output.all(*[i.address for i in self.instances])
+        first = self.instances[0]
+        families = lb.ip_families
+
+        def endpoints(v4: str, v6: list) -> list[str]:
+            out = []
+            if "IPv4" in families:
+                out.append(f"{lxc.vip if ha else v4}:{port}")
+            if "IPv6" in families and v6:
+                out.append(f"[{v6[0]}]:{port}")
+            return out
+
+        self.endpoints = pulumi.Output.all(first.address, first.ipv6).apply(lambda v: endpoints(v[0], v[1]))
+        self.endpoint = self.endpoints.apply(lambda e: e[0] if e else "")
+        # Outputs wait for the config files, so `endpoint` is only reported once it serves.
+        files_done = pulumi.Output.all(*[f.content_hash for f in self.files])
+        probe = pulumi.Output.all(self.endpoints, resolved).apply(lambda v: {
+            "strategy": self.STRATEGY, "balancer": lb.name, "instances": names, "endpoints": v[0],
+            "backends": sorted(b.name for b in v[1])})
+        self.status, _ = balancer_status(name, self, ctx, probe, trigger=files_done, after=args.ready_after,
+                                         instances=(*self.instances, *[b.resource for b in backends]))
+        self.endpoint_hosts = pulumi.Output.all(self.endpoints, addresses).apply(lambda v: [*v[0], *v[1]])
+        self.outputs = pulumi.Output.all(self.endpoints, addresses, resolved, files_done, self.status).apply(
+            lambda v: {
+                "type": lb.type,
+                "endpoint": v[0][0] if v[0] else "",
+                "endpoints": v[0],
+                "ipFamilies": families,
+                "addresses": v[1],
+                "mode": "vrrp" if ha else "single",
+                "vip": lxc.vip,
+                "backends": [
+                    {"name": b.name, "address": b.address, "address6": b.address6, "port": p.backend_port,
+                     "portName": p.name}
+                    for p in lb.ports for b in v[2]
+                ],
+                "status": v[4],
+            }
+        )
+        self.routing = routing(port_pairs(backends, lb.ports), lb.ip_families)
+        self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})
