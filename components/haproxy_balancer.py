@@ -62,6 +62,9 @@ def read_status(probe: dict, client) -> dict:
     ]}
 
 
+HAPROXY_TYPES = ("cplb:lb:LxcLoadBalancer", "cplb:lb:OciLoadBalancer")
+
+
 class HaproxyBalancer(pulumi.ComponentResource):
     """haproxy instances of one balancer. A strategy subclass sets TYPE, STRATEGY (its module reads the status),
     where haproxy.cfg goes and how haproxy reloads, and what the instances are made from."""
@@ -79,7 +82,11 @@ class HaproxyBalancer(pulumi.ComponentResource):
         return instance_config(args.spec.lxc_spec.instance, labels)
 
     def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
-        super().__init__(self.TYPE, name, None, opts)
+        # `lxc` and `oci` name their instances alike: a balancer that changes between them stays one resource
+        # (aliases), so its instance is replaced delete-first, instead of a new one being made beside it and then
+        # deleted by name with the old one.
+        aliases = [pulumi.Alias(type_=t) for t in HAPROXY_TYPES if t != self.TYPE]
+        super().__init__(self.TYPE, name, None, pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=aliases)))
         ctx, lb, facts = args.ctx, args.spec, args.facts
         lxc = lb.lxc_spec
         ha = lxc.replicas > 1

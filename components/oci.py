@@ -1,15 +1,17 @@
 """The `oci` strategy: haproxy as an OCI application container (Incus `instance_oci` extension, Incus 6.5 and later),
 the way the Cluster API provider for Incus runs its balancer.
 
-haproxy is PID 1 in master-worker mode (the image's entrypoint is `haproxy -W -db -f <CONFIG_PATH>`), so a pushed
-config is checked with `haproxy -c` and loaded by SIGUSR2 to PID 1: the old workers finish their connections. The
-image is expected to carry busybox beside haproxy (the project's own does: scripts/incus7-up builds it), which the
-drain and the status read use to reach haproxy's runtime API, as in `lxc`.
+The image's entrypoint is haproxy in master-worker mode (`haproxy -W -db -f <CONFIG_PATH> -p /run/haproxy.pid`).
+Incus starts an application container's entrypoint under an init of its own (PID 1), so a pushed config is checked
+with `haproxy -c` and loaded by SIGUSR2 to the master named in the pidfile, as in `lxc`: the master stays, the old
+workers finish their connections. The image carries busybox beside haproxy (the project's own does:
+scripts/incus7-up builds it), which the drain and the status read use to reach haproxy's runtime API.
 """
 
 from __future__ import annotations
 
 from components.common import LoadBalancerArgs, instance_config
+from components.haproxy import HAPROXY_RELOAD
 from components.haproxy_balancer import HaproxyBalancer, read_status
 
 __all__ = ["OciLoadBalancer", "read_status"]
@@ -21,7 +23,7 @@ class OciLoadBalancer(HaproxyBalancer):
     TYPE = "cplb:lb:OciLoadBalancer"
     STRATEGY = "oci"
     CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"
-    RELOAD = ["kill", "-USR2", "1"]
+    RELOAD = HAPROXY_RELOAD  # SIGUSR2 to the master named in /run/haproxy.pid
 
     @staticmethod
     def preflight(ctx, lb, field: str, facts) -> None:

@@ -209,6 +209,11 @@ class InstanceProvider(ResourceProvider):
         if inst is None:
             return
         check_owner(inst, props)
+        uuid = (inst.get("config") or {}).get("volatile.uuid")
+        if props.get("uuid") and uuid and uuid != props["uuid"]:
+            # Same name and owner, but not the instance this resource made (another resource of the stack made
+            # it since, e.g. a replacement under another URN): leave it.
+            return
         client.delete_instance(id_)
 
 

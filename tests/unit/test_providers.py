@@ -263,3 +263,31 @@ def test_status_reads_again_when_up_leaves_an_instance_otherwise_than_the_last_r
     assert p.diff("id", old, {"probe": {"strategy": "lxc"}, "trigger": trigger}).changes
     assert not p.diff("id", {**old, "seen": {"s-cp-3": "Running"}},
                       {"probe": {"strategy": "lxc"}, "trigger": trigger}).changes
+
+
+def test_delete_leaves_an_instance_of_the_same_name_that_this_resource_did_not_create():
+    """A replacement made under another URN has the old one's name and owner: the old resource's delete must not
+    take it away (only the instance whose uuid the state holds is deleted)."""
+    import providers.instance as pi
+
+    deleted = []
+
+    class FakeClient:
+        def get_instance(self, name):
+            return {"name": name, "config": {"user.cplb.stack": "s", "user.cplb.owner": "lb/api",
+                                             "volatile.uuid": "new"}}
+
+        def delete_instance(self, name):
+            deleted.append(name)
+
+    props = {"name": "s-api-haproxy-1", "ownerStack": "s", "ownerId": "lb/api", "uuid": "old",
+             "connection": {"socket": "/nonexistent"}}
+    original = pi.client_for
+    pi.client_for = lambda conn: FakeClient()
+    try:
+        InstanceProvider().delete("s-api-haproxy-1", props)
+        assert deleted == []
+        InstanceProvider().delete("s-api-haproxy-1", {**props, "uuid": "new"})
+        assert deleted == ["s-api-haproxy-1"]
+    finally:
+        pi.client_for = original
