@@ -169,8 +169,10 @@ def launch_external(name: str, labels: dict, image: str = "cplb/demo-apiserver",
     return addresses_of(inst)["inet"][0]
 
 
-def set_label(name: str, key: str, value) -> None:
-    client = incus()
+def set_label(name: str, key: str, value, client=None) -> None:
+    """Set (or, with None, remove) one config key of an instance, as an operator would (on this machine's Incus
+    unless `client` says another)."""
+    client = client or incus()
     current, etag = client.etag_get(f"instances/{name}")
     config = dict(current["config"])
     if value is None:

@@ -72,16 +72,9 @@ def delete_leftovers(env: dict, prefix: str) -> None:
 
 
 def set_label(env: dict, name: str, key: str, value) -> None:
-    """Set (or, with None, remove) one config key of an instance on the nested server, as an operator would."""
-    c = client(env)
-    current, etag = c.etag_get(f"instances/{name}")
-    config = dict(current["config"])
-    if value is None:
-        config.pop(key, None)
-    else:
-        config[key] = value
-    body = {k: current[k] for k in ("architecture", "devices", "profiles", "ephemeral", "description")}
-    c.call("PUT", f"instances/{name}", json={**body, "config": config}, headers={"If-Match": etag})
+    from tests.helpers import set_label as set_on
+
+    set_on(name, key, value, client=client(env))
 
 
 def vip_holders(env: dict, names, vip: str, server: int = 0) -> list[str]:
