@@ -280,8 +280,19 @@ class IncusClient:
             "X-Incus-gid": str(gid),
             "X-Incus-write": "overwrite",
         }
-        self.request("POST", f"instances/{quote(name)}/files", params={"path": path}, data=content,
-                     headers=headers, what=f"push {path} to {name}")
+        self._file_request("POST", name, path, data=content, headers=headers, what=f"push {path} to {name}")
+
+    def _file_request(self, method: str, name: str, path: str, *, what: str, **kw):
+        """The file API, retried (twice, bounded) when Incus 6.0's helper process for it drops the connection:
+        "Incus answered 500: read unix @->/proc/self/fd/N/forkfile.sock: ... connection reset by peer" is a
+        transient failure of the server, seen in a refresh that read many files at once; anything else is not."""
+        for attempt in range(3):
+            try:
+                return self.request(method, f"instances/{quote(name)}/files", params={"path": path}, what=what, **kw)
+            except IncusError as exc:
+                if attempt == 2 or exc.status != 500 or "forkfile" not in str(exc):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def delete_file(self, name: str, path: str) -> None:
         """Remove a file; works on stopped instances too (no exec needed). Missing is fine."""
@@ -295,8 +306,7 @@ class IncusClient:
     def pull_file(self, name: str, path: str) -> Optional[tuple[bytes, int]]:
         """(content, mode) of a file in the instance, or None when it is missing."""
         try:
-            resp = self.request("GET", f"instances/{quote(name)}/files", params={"path": path},
-                                what=f"read {path} in {name}")
+            resp = self._file_request("GET", name, path, what=f"read {path} in {name}")
         except IncusError as exc:
             if exc.status == 404:
                 return None

@@ -11,4 +11,10 @@ if __name__ == "__main__":
     # imports from there.
     sys.path[0] = os.getcwd()
     exit_with_parent()
+    # The CLI ends its plugins with a signal: exit through Python's exit handlers (Incus clients remove the
+    # private files that hold the client key) rather than the default of dying on the spot.
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
     runpy.run_module("pulumi.dynamic", run_name="__main__", alter_sys=True)

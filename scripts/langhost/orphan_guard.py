@@ -21,6 +21,10 @@ def exit_with_parent(interval: float = 1.0) -> threading.Thread:
         while True:
             time.sleep(interval)
             if os.getppid() != parent:
+                # Exit handlers first: Incus clients remove the private files that hold the client key.
+                import atexit
+
+                atexit._run_exitfuncs()
                 os._exit(1)
 
     thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)

@@ -291,3 +291,34 @@ def test_delete_leaves_an_instance_of_the_same_name_that_this_resource_did_not_c
         assert deleted == ["s-api-haproxy-1"]
     finally:
         pi.client_for = original
+
+
+def test_the_file_api_is_retried_only_on_incus_transient_forkfile_failure(monkeypatch):
+    from providers.incus_client import IncusClient, IncusError
+
+    calls = []
+
+    def request(self, method, path, **kw):
+        calls.append(method)
+        if len(calls) < 3:
+            raise IncusError("read /x in i: Incus answered 500: read unix @->/proc/self/fd/85/forkfile.sock: read: "
+                             "connection reset by peer", status=500)
+
+        class Resp:
+            content, headers = b"ok", {"X-Incus-mode": "0600"}
+        return Resp()
+
+    monkeypatch.setattr(IncusClient, "request", request)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    client = IncusClient.__new__(IncusClient)
+    assert client.pull_file("i", "/x") == (b"ok", 0o600) and len(calls) == 3
+    calls.clear()
+
+    def refused(self, method, path, **kw):
+        calls.append(method)
+        raise IncusError("read /x in i: Incus answered 500: disk full", status=500)
+
+    monkeypatch.setattr(IncusClient, "request", refused)
+    with pytest.raises(IncusError, match="disk full"):
+        client.pull_file("i", "/x")
+    assert len(calls) == 1
