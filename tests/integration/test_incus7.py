@@ -81,6 +81,14 @@ def test_the_control_plane_is_spread_over_the_members(nested, control_plane):
     # The routing output says where each destination runs.
     routing = result.outputs["routing"].value["n7-api"]["destinations"]
     assert {d["name"]: d["location"] for d in routing} == locations(nested, cp)
+    # And so does `make status` (scripts/status), one row per backend with its member.
+    project = control_plane[0]
+    status = subprocess.run([os.path.join(ROOT, "scripts", "status"), name], capture_output=True, text=True,
+                            env={**os.environ, **project.env, "CPLB_PROJECT_DIR": project.dir}, timeout=120)
+    assert status.returncode == 0, status.stdout + status.stderr
+    rows = {line.split()[0]: line.split() for line in status.stdout.splitlines() if line.strip().startswith(name)}
+    for instance, member in locations(nested, cp).items():
+        assert member in rows[instance], (instance, status.stdout)
 
 
 def test_oci_balancer_serves_the_control_plane_with_tls_verified(nested, control_plane):
