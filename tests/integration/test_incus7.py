@@ -22,13 +22,14 @@ import time
 
 import pytest
 
+from components.oci import OciLoadBalancer
 from tests import incus7
 from tests.helpers import ROOT, base_config, demo_group, http_get, pulumi_stack, up_in_thread, wait_for
 from tests.k8s import ApiLoad, Kubectl, kubeconfig_ca, readyz_check, real_control_plane
 
 pytestmark = pytest.mark.integration
 CLUSTER = "n7k8s"
-OCI_CONFIG = "/usr/local/etc/haproxy/haproxy.cfg"
+OCI_CONFIG = OciLoadBalancer.CONFIG_PATH  # where the strategy pushes haproxy.cfg
 
 
 def quiet(_):
