@@ -7,12 +7,12 @@ diff shows control-plane instances coming and going.
 from __future__ import annotations
 
 import ipaddress
-import os
 import threading
 from dataclasses import dataclass
 from typing import Optional
 
 from providers.incus_client import Connection, IncusError, addresses_of, client_for
+from providers.memfile import MemFile
 from spec import IncusSpec, Selector
 
 DISABLED_LABEL = "user.cplb.disabled"
@@ -255,9 +255,7 @@ def kubernetes_access(field: str, kubeconfig: str, timeout: float = 5.0) -> None
     `field` and never the kubeconfig's content (it is a secret)."""
     import base64
     import http.client
-    import shutil
     import ssl
-    import tempfile
     import urllib.parse
 
     import yaml
@@ -269,18 +267,16 @@ def kubernetes_access(field: str, kubeconfig: str, timeout: float = 5.0) -> None
     ca = cluster.get("certificate-authority-data")
     ctx = ssl.create_default_context(cadata=base64.b64decode(ca).decode() if ca else None)
     headers = {"Authorization": f"Bearer {user['token']}"} if user.get("token") else {}
-    private = tempfile.mkdtemp(prefix="cplb-kube-")  # 0700; ssl takes a client key from a file only
+    if user.get("client-certificate-data") and user.get("client-key-data"):
+        # ssl takes a client key from a path only: an in-memory file, so the key never touches the disk.
+        try:
+            with MemFile(base64.b64decode(user["client-certificate-data"])) as cert, \
+                    MemFile(base64.b64decode(user["client-key-data"])) as key:
+                ctx.load_cert_chain(cert.path, key.path)
+        except (ssl.SSLError, ValueError):  # binascii.Error is a ValueError
+            raise ValueError(f"{field}: the kubeconfig's client-certificate-data and client-key-data are not a "
+                             "certificate and its key") from None
     try:
-        if user.get("client-certificate-data") and user.get("client-key-data"):
-            cert, key = f"{private}/cert.pem", f"{private}/key.pem"
-            for path, data in ((cert, user["client-certificate-data"]), (key, user["client-key-data"])):
-                with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
-                    f.write(base64.b64decode(data))
-            try:
-                ctx.load_cert_chain(cert, key)
-            except (ssl.SSLError, ValueError):
-                raise ValueError(f"{field}: the kubeconfig's client-certificate-data and client-key-data are not a "
-                                 "certificate and its key") from None
         conn = http.client.HTTPSConnection(url.hostname, url.port or 443, context=ctx, timeout=timeout)
         try:
             conn.request("GET", "/api", headers=headers)
@@ -294,8 +290,6 @@ def kubernetes_access(field: str, kubeconfig: str, timeout: float = 5.0) -> None
     except (OSError, ssl.SSLError, ValueError, http.client.HTTPException) as exc:
         raise ValueError(f"{field}: the kubeconfig's server cannot be reached ({type(exc).__name__}); nothing "
                          "was created") from None
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
     # Credentials the server cannot verify may leave the request anonymous, which /api refuses with 403.
     if status == 401 or (status == 403 and b"system:anonymous" in body):
         raise ValueError(f"{field}: the cluster refused the kubeconfig's credentials (401 Unauthorized); nothing "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -82,14 +81,14 @@ class IncusClient:
         import pylxd  # imported here: provider modules must stay free of import-time work
 
         self.conn = conn
-        # The client certificate, key and pinned server certificate as files (requests loads them by path for every
-        # new connection), in a private directory removed with the client or when the process exits.
-        self._tmpdir: Optional[str] = None
+        # The client certificate, key and pinned server certificate as in-memory files (requests loads them by path
+        # for every new connection): nothing on disk, even when the process is killed.
+        self._files: list = []
         self._server_cert_file: Optional[str] = None
         try:
             if conn.remote:
-                cert = (self._tempfile(conn.client_cert), self._tempfile(conn.client_key))
-                verify: Any = self._tempfile(conn.server_cert) if conn.server_cert else True
+                cert = (self._memfile(conn.client_cert), self._memfile(conn.client_key))
+                verify: Any = self._memfile(conn.server_cert) if conn.server_cert else True
                 self._server_cert_file = verify if conn.server_cert else None
                 session = self._pinned_session(conn.remote.rstrip("/"), cert, verify) if conn.server_cert else None
                 self._pylxd = pylxd.Client(endpoint=conn.remote, cert=cert, verify=verify, project=conn.project,
@@ -124,18 +123,11 @@ class IncusClient:
         session.trust_env = False
         return session
 
-    def _tempfile(self, pem: Optional[str]) -> str:
-        if self._tmpdir is None:
-            import shutil
-            import weakref
+    def _memfile(self, pem: Optional[str]) -> str:
+        from providers.memfile import MemFile
 
-            self._tmpdir = tempfile.mkdtemp(prefix="cplb-tls-")  # mode 0700
-            weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
-        fd, path = tempfile.mkstemp(prefix="cplb-", suffix=".pem", dir=self._tmpdir)
-        with os.fdopen(fd, "w") as f:
-            f.write(pem or "")
-        os.chmod(path, 0o600)
-        return path
+        self._files.append(MemFile(pem or "", "cplb-tls"))
+        return self._files[-1].path
 
     def events_socket(self, websocket_client):
         """A ws4py client (of class `websocket_client`, not yet connected) for this project's lifecycle events, over

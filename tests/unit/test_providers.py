@@ -322,3 +322,43 @@ def test_the_file_api_is_retried_only_on_incus_transient_forkfile_failure(monkey
     with pytest.raises(IncusError, match="disk full"):
         client.pull_file("i", "/x")
     assert len(calls) == 1
+
+
+def test_a_secret_for_tls_lives_in_memory_and_goes_with_its_file(tmp_path, monkeypatch):
+    import ssl
+    import tempfile
+
+    from providers.memfile import MemFile
+    from providers.pki import _pem_cert, _pem_key, make_ca  # a real certificate and key, read by ssl by path
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # anything written to "disk" would land here
+    ca_cert, ca_key = make_ca("memfile-test")
+    with MemFile(_pem_cert(ca_cert)) as cert, MemFile(_pem_key(ca_key)) as key:
+        assert open(key.path).read() == _pem_key(ca_key)
+        ssl.create_default_context().load_cert_chain(cert.path, key.path)
+    assert not list(tmp_path.iterdir())
+    try:
+        open(key.path).read()
+    except OSError:
+        pass
+    else:
+        raise AssertionError("a closed in-memory file is still readable at its path")
+
+
+def test_a_kubeconfig_whose_client_key_is_not_one_is_named_as_such():
+    import base64
+
+    import yaml
+
+    from facts import kubernetes_access
+
+    doc = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
+           "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
+           "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+           "users": [{"name": "u", "user": {"client-certificate-data": base64.b64encode(b"not a cert").decode(),
+                                            "client-key-data": "%%% not base64 SECRETVALUE"}}]}
+    with pytest.raises(ValueError) as err:
+        kubernetes_access("cplb:kubernetes.kubeconfig", yaml.safe_dump(doc))
+    assert "cplb:kubernetes.kubeconfig: the kubeconfig's client-certificate-data and client-key-data are not" \
+        in str(err.value)
+    assert "SECRETVALUE" not in str(err.value)
