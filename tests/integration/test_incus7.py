@@ -83,13 +83,18 @@ def test_the_control_plane_is_spread_over_the_members(nested, control_plane):
     routing = result.outputs["routing"].value["n7-api"]["destinations"]
     assert {d["name"]: d["location"] for d in routing} == locations(nested, cp)
     # And so does `make status` (scripts/status), one row per backend with its member.
-    project = control_plane[0]
+    status = make_status(control_plane[0], name)
+    rows = {line.split()[0]: line.split() for line in status.splitlines() if line.strip().startswith(name)}
+    for instance, member in locations(nested, cp).items():
+        assert member in rows[instance], (instance, status)
+
+
+def make_status(project, name: str) -> str:
+    """`make status` (scripts/status) of the stack: what it prints."""
     status = subprocess.run([os.path.join(ROOT, "scripts", "status"), name], capture_output=True, text=True,
                             env={**os.environ, **project.env, "CPLB_PROJECT_DIR": project.dir}, timeout=120)
     assert status.returncode == 0, status.stdout + status.stderr
-    rows = {line.split()[0]: line.split() for line in status.stdout.splitlines() if line.strip().startswith(name)}
-    for instance, member in locations(nested, cp).items():
-        assert member in rows[instance], (instance, status.stdout)
+    return status.stdout
 
 
 def test_oci_balancer_serves_the_control_plane_with_tls_verified(nested, control_plane):
@@ -226,7 +231,10 @@ def test_cluster_lxc_pair_spreads_and_the_vip_follows_a_lost_member(nested, cont
         incus7.wait_member_online(nested, lost)
         assert wait_for(lambda: incus7.statuses(nested, replicas, server=survivor) == ["Running", "Running"], 120)
         time.sleep(2)
-        assert len(incus7.vip_holders(nested, replicas, vip, server=survivor)) == 1
+        holders = incus7.vip_holders(nested, replicas, vip, server=survivor)
+        assert len(holders) == 1, holders
+        # `make status` reads the holder from the stack's own Incus (the cluster over HTTPS), not this machine's.
+        assert f"VIP        {vip} held by {holders[0]}" in make_status(project, name)
         kube.becomes_ready(30)
     finally:
         kube.cleanup()
