@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from providers.haproxy_runtime import RUNTIME_PORT
+
 NAMESPACE = "cplb"
 #: Top-level config keys of the namespace, each a field of StackSpec (by alias).
 TOP_LEVEL_KEYS = ("incus", "instanceGroups", "controlPlanes", "loadBalancers", "kubernetes")
@@ -55,7 +57,7 @@ AUTH_PASS_PATTERN = r"^[A-Za-z0-9%^&*()_+=:,.<>?/-]+$"
 # 127.0.0.1 only, but a balanced port on 0.0.0.0 would bind the same port a second time (haproxy sets SO_REUSEPORT,
 # so both would listen and share connections).
 HAPROXY_MONITOR_PORT = 8405
-HAPROXY_RUNTIME_PORT = 9999
+HAPROXY_RUNTIME_PORT = RUNTIME_PORT
 HAPROXY_INTERNAL_PORTS = {HAPROXY_MONITOR_PORT: "haproxy's monitor", HAPROXY_RUNTIME_PORT: "haproxy's runtime API"}
 #: Config fields whose values are secrets: an error about them names the field and the rule, never the value.
 SECRET_KEYS = frozenset({"authPass", "secret", "clientKey", "kubeconfig"})

@@ -11,9 +11,9 @@ import re
 import shlex
 import time
 
-from spec import HAPROXY_RUNTIME_PORT
-
-RUNTIME_PORT = HAPROXY_RUNTIME_PORT  # spec refuses a balanced port on it
+# The port of the runtime API the rendered haproxy.cfg binds on 127.0.0.1 (spec refuses a balanced port on it). Kept
+# here, not imported from spec: the provider plugin would load the whole schema (pydantic) for one number.
+RUNTIME_PORT = 9999
 _SERVER_LINE = re.compile(r"^\s*server\s+(\S+)\s")
 _SECTION = re.compile(r"^(backend|listen|frontend|defaults|global)\s*(\S*)")
 

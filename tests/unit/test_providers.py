@@ -1,5 +1,7 @@
 """Dynamic providers: they pickle (the engine ships them to the provider process), and their diffs are precise."""
 
+import os
+
 import dill
 import pulumi
 import pytest
@@ -362,3 +364,18 @@ def test_a_kubeconfig_whose_client_key_is_not_one_is_named_as_such():
     assert "cplb:kubernetes.kubeconfig: the kubeconfig's client-certificate-data and client-key-data are not" \
         in str(err.value)
     assert "SECRETVALUE" not in str(err.value)
+
+
+def test_the_provider_plugin_loads_no_schema_templates_or_clients_until_it_needs_them():
+    """Each `preview` and `up` starts the dynamic-provider plugin, which imports every provider module before its
+    first call: pydantic (the schema), jinja2, pylxd or cryptography there is start-up time paid on every run."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import providers.instance, providers.instance_file, providers.status, providers.dns_records, "
+            "providers.network_lb, providers.pki; "
+            "print(' '.join(m for m in ('spec', 'pydantic', 'components', 'jinja2', 'pylxd', 'requests', "
+            "'cryptography') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))).stdout
+    assert loaded.split() == [], f"provider modules import {loaded.strip()} at load"
