@@ -231,4 +231,5 @@ class DnsLoadBalancer(pulumi.ComponentResource):
                 "status": v[3],
             })
         self.routing = routing([(b, ports[rn]) for rn, b in flat], lb.ip_families)
-        self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})
+        # `routing` is a stack output; not stored a second time (see haproxy_balancer.py).
+        self.register_outputs({"endpoint": self.endpoint})

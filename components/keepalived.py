@@ -188,4 +188,5 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
             "status": v[2],
         })
         self.routing = routing(port_pairs(nodes, lb.ports))
-        self.register_outputs({"endpoint": self.endpoint, "routing": self.routing})
+        # `routing` is a stack output; not stored a second time (see haproxy_balancer.py).
+        self.register_outputs({"endpoint": self.endpoint})

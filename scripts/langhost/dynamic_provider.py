@@ -11,8 +11,8 @@ if __name__ == "__main__":
     # imports from there.
     sys.path[0] = os.getcwd()
     exit_with_parent()
-    # The CLI ends its plugins with a signal: exit through Python's exit handlers (Incus clients remove the
-    # private files that hold the client key) rather than the default of dying on the spot.
+    # The CLI ends its plugins with a signal: exit through Python's exit handlers rather than the default of dying on
+    # the spot. (Nothing secret depends on it: TLS keys live in memory files, gone with the process however it ends.)
     import signal
 
     for sig in (signal.SIGTERM, signal.SIGINT):
