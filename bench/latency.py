@@ -4,7 +4,8 @@ The load generator is vegeta (built from Go modules by `scripts/setup --bench`):
 sends at the rate whether or not earlier requests have answered), so a slow balancer shows as latency, not as a
 lower rate. Requests: HTTPS `GET /version` (anonymous, TLS verified against the cluster CA), for 10 s per cell
 after a 2 s warm-up, at 200, 1000 and 5000 requests/s,
-- on kept-alive connections (HTTP/2, one connection multiplexed: what client-go does), then
+- on kept-alive connections (HTTP/2, one connection multiplexed: what client-go does), then on kept-alive HTTP/1.1
+  ones (a pool, one request at a time per connection), then
 - on new ones (`-keepalive=false -http2=false`: a TCP and TLS handshake per request, as curl or a fresh kubectl
   does); a rate at which the API server alone fails more than 1% of the requests is reported as saturated,
 through each strategy and directly to one API server, in the same run (each cell from a settled server).
@@ -18,7 +19,8 @@ CPU; the control plane is not pinned (pinned to CPU 0 with vegeta, the API serve
 went from 24 to 47 ms). `keepalived` has no balancer instance: its haproxy runs on the control-plane nodes, which
 float over both CPUs (said in the table). `--no-pin` pins nothing.
 
-Run: python bench/latency.py [--seconds N] [--rates 200,1000,5000] [--only lxc,keepalived,dns] [--record]
+Run: python bench/latency.py [--seconds N] [--rates 200,1000,5000] [--modes h2,h1,new] [--only lxc,keepalived,dns]
+[--record]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import random
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,14 +81,23 @@ class Cell:
     requests: int
     errors: int
     rate: float  # successes per second
+    error: str = ""  # the commonest error vegeta reported, with its count
 
 
-def attack(url: str, ca_file: str, rate: int, seconds: float, new_connections: bool,
+#: Connection modes: kept-alive HTTP/2 (one connection multiplexed, what client-go does), kept-alive HTTP/1.1 (a
+#: pool of connections, one request at a time on each), and a new connection (TCP and TLS handshake) per request.
+MODES = {"h2": ("kept-alive (HTTP/2)", []),
+         # A fixed pool, opened during the warm-up: vegeta otherwise adds a worker (a new connection, a TLS
+         # handshake the API server pays for) whenever answers slow down, and at 1000 req/s that feedback alone
+         # tipped the balanced path into timeouts while the direct one, a little faster, never started it.
+         "h1": ("kept-alive (HTTP/1.1, a pool of 64)", ["-http2=false", "-workers=64", "-max-workers=64"]),
+         "new": ("new connections", ["-keepalive=false", "-http2=false"])}
+
+
+def attack(url: str, ca_file: str, rate: int, seconds: float, mode: str,
            connect_to: list[str] = ()) -> Cell:
     flags = [f"-rate={rate}/s" if rate else "-rate=0", f"-duration={seconds + WARMUP}s", "-timeout=2s",
-             f"-root-certs={ca_file}", *[f"-connect-to={c}" for c in connect_to]]
-    if new_connections:
-        flags += ["-keepalive=false", "-http2=false"]
+             f"-root-certs={ca_file}", *[f"-connect-to={c}" for c in connect_to], *MODES[mode][1]]
     if not rate:
         flags += ["-max-workers=64"]
     taskset = ["taskset", "-c", GENERATOR_CPU] if PIN["generator"] else []
@@ -97,7 +109,12 @@ def attack(url: str, ca_file: str, rate: int, seconds: float, new_connections: b
     attack_proc.stdin.write(f"GET {url}\n".encode())
     attack_proc.stdin.close()
     attack_proc.stdout.close()
-    rows = [(int(r[0]) / 1e9, int(r[1]), int(r[2]) / 1e6) for r in csv.reader(encode.stdout) if r]
+    rows, errors = [], Counter()
+    for r in csv.reader(encode.stdout):
+        if r:
+            rows.append((int(r[0]) / 1e9, int(r[1]), int(r[2]) / 1e6))
+            if len(r) > 5 and r[5]:
+                errors[r[5].rsplit(": ", 1)[-1][:80]] += 1
     attack_proc.wait()
     encode.wait()
     if not rows:
@@ -107,8 +124,10 @@ def attack(url: str, ca_file: str, rate: int, seconds: float, new_connections: b
     latencies = sorted(ms for _, _, ms in kept)
     ok = sum(code == 200 for _, code, _ in kept)
     span = (max(t for t, _, _ in kept) - t0 - WARMUP) if kept else 0
+    common = errors.most_common(1)
     return Cell(p50=percentile(latencies, 0.5), p99=percentile(latencies, 0.99), p999=percentile(latencies, 0.999),
-                requests=len(kept), errors=len(kept) - ok, rate=ok / (span or seconds))
+                requests=len(kept), errors=len(kept) - ok, rate=ok / (span or seconds),
+                error=f"{common[0][1]} × {common[0][0]}" if common else "")
 
 
 def settle(host: str, ca_file: str, timeout: float = 90) -> None:
@@ -140,7 +159,7 @@ def saturated(c: Cell) -> bool:
 
 
 def text(c: Cell) -> str:
-    errors = f", {c.errors} errors" if c.errors else ""
+    errors = f", {c.errors} errors (commonest: {c.error})" if c.errors else ""
     return f"{c.p50:.2f} / {c.p99:.2f} / {c.p999:.2f} ms{errors}"
 
 
@@ -156,30 +175,29 @@ def measure(b: Bench, s: Strategy, args, ca_file: str) -> dict:
     results = {}
     # Kept-alive first: a rate of new TLS connections beyond what one API server can take leaves it busy (and its
     # memory grown) for a while, which would spoil the cells after it. Each cell starts from a settled server.
-    for new in (False, True):
+    for mode in args.modes:
         for rate in args.rates:
             settle(direct_host, ca_file)
-            d = attack(f"https://{direct_host}:6443/version", ca_file, rate, args.seconds, new)
+            d = attack(f"https://{direct_host}:6443/version", ca_file, rate, args.seconds, mode)
             settle(direct_host, ca_file)
-            t = attack(*through[:1], ca_file, rate, args.seconds, new, connect_to=through[1])
-            results[(rate, new)] = (d, t)
-            print(f"   {s.label} {rate}/s {'new' if new else 'kept-alive'}: direct {text(d)}; through {text(t)}",
-                  flush=True)
+            t = attack(*through[:1], ca_file, rate, args.seconds, mode, connect_to=through[1])
+            results[(rate, mode)] = (d, t)
+            print(f"   {s.label} {rate}/s {MODES[mode][0]}: direct {text(d)}; through {text(t)}", flush=True)
     settle(direct_host, ca_file)
-    d = attack(f"https://{direct_host}:6443/version", ca_file, 0, 5, False)
+    d = attack(f"https://{direct_host}:6443/version", ca_file, 0, 5, "h2")
     settle(direct_host, ca_file)
-    t = attack(*through[:1], ca_file, 0, 5, False, connect_to=through[1])
+    t = attack(*through[:1], ca_file, 0, 5, "h2", connect_to=through[1])
     results["max"] = (d, t)
     print(f"   {s.label} max: direct {d.rate:.0f}/s, through {t.rate:.0f}/s", flush=True)
     return results
 
 
-def rows_of(label: str, results: dict, rates: list[int], pinned_note: str) -> list[tuple[str, str]]:
+def rows_of(label: str, results: dict, rates: list[int], modes: list[str], pinned_note: str) -> list[tuple[str, str]]:
     rows = []
-    for new in (True, False):
-        mode = "new connections" if new else "kept-alive (HTTP/2)"
+    for key in modes:
+        mode = MODES[key][0]
         for rate in rates:
-            d, t = results[(rate, new)]
+            d, t = results[(rate, key)]
             if saturated(d):
                 added = "direct saturated: one API server cannot take this rate here, so no added latency is given"
             else:
@@ -197,10 +215,14 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10, help="measured seconds per cell (after a 2 s warm-up)")
     ap.add_argument("--rates", default="200,1000,5000")
     ap.add_argument("--only", default="", help="comma-separated: lxc, keepalived, dns (default: all)")
+    ap.add_argument("--modes", default="h2,h1,new", help=f"connection modes, comma-separated: {', '.join(MODES)}")
     ap.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
     ap.add_argument("--no-pin", action="store_true", help="pin nothing (to compare with the pinned layout)")
     args = ap.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]
+    args.modes = [m for m in args.modes.split(",") if m]
+    if set(args.modes) - set(MODES):
+        ap.error(f"--modes: one of {', '.join(MODES)}")
     if not os.access(VEGETA, os.X_OK):
         print("vegeta is missing: run `scripts/setup --bench` (make bench does)", file=sys.stderr)
         return 2
@@ -236,7 +258,7 @@ def main() -> int:
                     note = "its haproxy runs on the control-plane nodes, unpinned; vegeta on CPU 0"
                 else:
                     note = "balancer on CPU 1, vegeta on CPU 0, control plane unpinned"
-                rows += rows_of(s.label, results, args.rates, note)
+                rows += rows_of(s.label, results, args.rates, args.modes, note)
     emit(f"latency a balancer adds, vegeta at a fixed rate, GET /version over TLS ({args.seconds:g} s per cell)",
          rows, args.record)
     return 0
