@@ -103,28 +103,25 @@ def attack(url: str, ca_file: str, rate: int, seconds: float, mode: str,
     taskset = ["taskset", "-c", GENERATOR_CPU] if PIN["generator"] else []
     attack_proc = subprocess.Popen([*taskset, VEGETA, "attack", *flags], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE)
-    # CSV rows: unix time (ns), HTTP code, latency (ns), bytes out, bytes in, error, ...
+    # CSV rows: unix time (ns), HTTP code, latency (ns), bytes out, bytes in, error, ...; kept: (s, code, ms, error)
     encode = subprocess.Popen([VEGETA, "encode", "-to", "csv"], stdin=attack_proc.stdout, stdout=subprocess.PIPE,
                               text=True)
     attack_proc.stdin.write(f"GET {url}\n".encode())
     attack_proc.stdin.close()
     attack_proc.stdout.close()
-    rows, errors = [], Counter()
-    for r in csv.reader(encode.stdout):
-        if r:
-            rows.append((int(r[0]) / 1e9, int(r[1]), int(r[2]) / 1e6))
-            if len(r) > 5 and r[5]:
-                errors[r[5].rsplit(": ", 1)[-1][:80]] += 1
+    rows = [(int(r[0]) / 1e9, int(r[1]), int(r[2]) / 1e6, r[5] if len(r) > 5 else "")
+            for r in csv.reader(encode.stdout) if r]
     attack_proc.wait()
     encode.wait()
     if not rows:
         raise RuntimeError(f"vegeta sent nothing to {url}")
-    t0 = min(t for t, _, _ in rows)
+    t0 = min(r[0] for r in rows)
     kept = [r for r in rows if r[0] - t0 >= WARMUP]
-    latencies = sorted(ms for _, _, ms in kept)
-    ok = sum(code == 200 for _, code, _ in kept)
-    span = (max(t for t, _, _ in kept) - t0 - WARMUP) if kept else 0
-    common = errors.most_common(1)
+    latencies = sorted(r[2] for r in kept)
+    ok = sum(r[1] == 200 for r in kept)
+    span = (max(r[0] for r in kept) - t0 - WARMUP) if kept else 0
+    # The commonest error of the measured requests (the warm-up's are left out, as from every other figure).
+    common = Counter(e.rsplit(": ", 1)[-1][:80] for *_, e in kept if e).most_common(1)
     return Cell(p50=percentile(latencies, 0.5), p99=percentile(latencies, 0.99), p999=percentile(latencies, 0.999),
                 requests=len(kept), errors=len(kept) - ok, rate=ok / (span or seconds),
                 error=f"{common[0][1]} × {common[0][0]}" if common else "")
