@@ -11,7 +11,9 @@ after a 2 s warm-up, at 200, 1000 and 5000 requests/s,
 through each strategy and directly to one API server, in the same run (each cell from a settled server).
 Printed: p50 / p99 / p99.9, errors, and the
 added latency (through − direct) per strategy, rate and connection mode; then the maximum throughput (rate 0,
-kept-alive) through each strategy as a ratio to direct.
+kept-alive) through each strategy as a ratio to direct. A control: beside the first strategy, each direct cell is
+measured twice (A/A); their difference is the noise of the machine, the bound below which an added figure means
+nothing here.
 
 CPUs: the machine has few. vegeta runs on CPU 0 (`taskset`); the balancer's own instances (lxc's haproxy pair,
 dns's nginx nodes) are pinned to CPU 1 (`limits.cpu: 1-1`), so the load generator and the balancer do not share a
@@ -20,7 +22,7 @@ went from 24 to 47 ms). `keepalived` has no balancer instance: its haproxy runs 
 float over both CPUs (said in the table). `--no-pin` pins nothing.
 
 Run: python bench/latency.py [--seconds N] [--rates 200,1000,5000] [--modes h2,h1,new] [--only lxc,keepalived,dns]
-[--record]
+[--no-control] [--record]
 """
 
 from __future__ import annotations
@@ -160,8 +162,11 @@ def text(c: Cell) -> str:
     return f"{c.p50:.2f} / {c.p99:.2f} / {c.p999:.2f} ms{errors}"
 
 
-def measure(b: Bench, s: Strategy, args, ca_file: str) -> dict:
-    """Direct to the first API server, then through the strategy, cell by cell (same conditions, same run)."""
+def measure(b: Bench, s: Strategy, args, ca_file: str, control: bool = False) -> dict:
+    """Direct to the first API server, then through the strategy, cell by cell (same conditions, same run).
+
+    With `control`, each direct cell is run twice (an A/A comparison): how far two measurements of the same path
+    differ here is the noise every "added" figure of the run carries."""
     out = b.outputs["loadBalancers"]["api"]
     direct_host = b.cluster["addresses"][0]
     if s.kind == "dns":
@@ -176,6 +181,11 @@ def measure(b: Bench, s: Strategy, args, ca_file: str) -> dict:
         for rate in args.rates:
             settle(direct_host, ca_file)
             d = attack(f"https://{direct_host}:6443/version", ca_file, rate, args.seconds, mode)
+            if control:
+                settle(direct_host, ca_file)
+                again = attack(f"https://{direct_host}:6443/version", ca_file, rate, args.seconds, mode)
+                results[("again", rate, mode)] = again
+                print(f"   direct again {rate}/s {MODES[mode][0]}: {text(again)}", flush=True)
             settle(direct_host, ca_file)
             t = attack(*through[:1], ca_file, rate, args.seconds, mode, connect_to=through[1])
             results[(rate, mode)] = (d, t)
@@ -201,6 +211,11 @@ def rows_of(label: str, results: dict, rates: list[int], modes: list[str], pinne
                 added = f"added p99 **{t.p99 - d.p99:+.2f} ms**, p50 {t.p50 - d.p50:+.2f} ms"
             rows.append((f"{label}, {rate} req/s, {mode}: p50 / p99 / p99.9 through (direct)",
                          f"{text(t)} ({text(d)}); {added}"))
+            again = results.get(("again", rate, key))
+            if again and not saturated(d):
+                rows.append((f"control: direct measured twice, {rate} req/s, {mode} (A/A: the noise of this run)",
+                             f"{text(again)} after {text(d)}; difference p99 **{again.p99 - d.p99:+.2f} ms**, "
+                             f"p50 {again.p50 - d.p50:+.2f} ms"))
     d, t = results["max"]
     rows.append((f"{label}: maximum throughput, kept-alive, through ÷ direct",
                  f"{t.rate:.0f} / {d.rate:.0f} req/s = **{t.rate / d.rate:.2f}** ({pinned_note})"))
@@ -215,6 +230,7 @@ def main() -> int:
     ap.add_argument("--modes", default="h2,h1,new", help=f"connection modes, comma-separated: {', '.join(MODES)}")
     ap.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
     ap.add_argument("--no-pin", action="store_true", help="pin nothing (to compare with the pinned layout)")
+    ap.add_argument("--no-control", action="store_true", help="skip the A/A control (direct measured twice)")
     args = ap.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]
     args.modes = [m for m in args.modes.split(",") if m]
@@ -246,7 +262,8 @@ def main() -> int:
                 with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as f:
                     f.write(b.ca_pem)
                 try:
-                    results = measure(b, s, args, f.name)
+                    # The A/A control once per run, beside the first strategy measured.
+                    results = measure(b, s, args, f.name, control=s is chosen[0] and not args.no_control)
                 finally:
                     os.unlink(f.name)
                 if not pinned:

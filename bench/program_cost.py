@@ -4,6 +4,10 @@
 Targets are explicit addresses cycling over three demo API servers the bench starts (so haproxy's health checks
 only reach the project's own instances); each balancer is one haproxy container, one config file and
 its status reader.
+
+Each balancer count is also measured as the same resource graph with providers that do nothing
+(bench/graph_floor/): what Pulumi itself (CLI, engine, Python SDK, dynamic-provider plugin) costs for that many
+components and dynamic resources. The real program's cost over that graph floor is incus-cplb's own.
 Run: `python bench/program_cost.py [--record]` (part of `make bench`).
 """
 
@@ -50,6 +54,30 @@ def median_of(n: int, fn) -> float:
     return statistics.median(fn() for _ in range(n))
 
 
+def measure(project: ProjectCopy, cwd: str, stack: str, runs: int) -> tuple[float, float, float]:
+    """Medians of a preview, a no-op `up`, and a no-op `up --skip-preview` (what `make up` and the watch loop run)."""
+    return (median_of(runs, lambda: cli(project, cwd, "preview", "--stack", stack)),
+            median_of(runs, lambda: cli(project, cwd, "up", "--stack", stack)),
+            median_of(runs, lambda: cli(project, cwd, "up", "--skip-preview", "--stack", stack)))
+
+
+def program_dir(project: ProjectCopy, name: str, files: dict[str, str]) -> str:
+    """A Pulumi project beside the copy, run by the same CLI, language host and venv."""
+    path = os.path.join(project.dir, name)
+    os.makedirs(path)
+    with open(os.path.join(path, "Pulumi.yaml"), "w") as f:
+        f.write(f"name: cplb-{name}\nruntime:\n  name: python\n  options:\n    virtualenv: {ROOT}/.venv\n")
+    for file, text in files.items():
+        with open(os.path.join(path, file), "w") as f:
+            f.write(text)
+    return path
+
+
+def graph_source() -> dict[str, str]:
+    src = os.path.join(ROOT, "bench", "graph_floor")
+    return {name: open(os.path.join(src, name)).read() for name in ("__main__.py", "noop.py")}
+
+
 def config(n_balancers: int, n_targets: int, backends: list[str]) -> dict:
     targets = [{"name": f"t{k}", "address": backends[k % len(backends)]} for k in range(n_targets)]
     return base_config(loadBalancers=[{
@@ -71,23 +99,18 @@ def main() -> int:
     project = ProjectCopy()
     stack = unique_stack("pc")
     # The floor: an empty program in the same workspace setup.
-    empty = os.path.join(project.dir, "empty")
-    os.makedirs(empty)
-    with open(os.path.join(empty, "Pulumi.yaml"), "w") as f:
-        f.write(f"name: cplb-empty\nruntime:\n  name: python\n  options:\n    virtualenv: {ROOT}/.venv\n")
-    with open(os.path.join(empty, "__main__.py"), "w") as f:
-        f.write("# An empty Pulumi program: the floor every program pays.\n")
+    empty = program_dir(project, "empty", {"__main__.py": "# An empty Pulumi program: the floor every program pays.\n"})
+    graph = program_dir(project, "graph", graph_source())
     backends = [f"{stack}-be-{n}" for n in (1, 2, 3)]
     rows: list[tuple[str, str]] = []
     try:
         cli(project, empty, "stack", "init", stack)
         cli(project, empty, "up")
-        floor_preview = median_of(args.runs, lambda: cli(project, empty, "preview", "--stack", stack))
-        floor_up = median_of(args.runs, lambda: cli(project, empty, "up", "--stack", stack))
-        floor_skip = median_of(args.runs, lambda: cli(project, empty, "up", "--skip-preview", "--stack", stack))
+        floor = measure(project, empty, stack, args.runs)
         rows.append(("empty program: preview / no-op up / no-op up --skip-preview (median)",
-                     f"{floor_preview:.2f} s / {floor_up:.2f} s / {floor_skip:.2f} s"))
+                     " / ".join(f"{t:.2f} s" for t in floor)))
         print(rows[-1])
+        cli(project, graph, "stack", "init", stack)
 
         addresses = [launch_external(name, {"user.cplb.bench": stack}) for name in backends]
         project.write_stack_config(stack, config(1, 3, addresses))
@@ -95,19 +118,26 @@ def main() -> int:
         cells = [(nb, nt) for nb in BALANCERS for nt in TARGETS] + ([] if args.no_scale else [SCALE])
         if args.cells:
             cells = [tuple(int(n) for n in c.split("x")) for c in args.cells.split(",")]
+        graph_floor: dict[int, tuple[float, float, float]] = {}
         for nb, nt in cells:
+            if nb not in graph_floor:
+                cli(project, graph, "config", "set", "--stack", stack, "graph:balancers", str(nb))
+                cli(project, graph, "up", "--stack", stack)
+                graph_floor[nb] = measure(project, graph, stack, args.runs)
+                rows.append((f"graph floor: {nb} components x 3 do-nothing dynamic resources ({nb * 4} resources): "
+                             "preview / no-op up / no-op up --skip-preview",
+                             " / ".join(f"{t:.2f} s ({t / f:.1f}x)" for t, f in zip(graph_floor[nb], floor))))
+                print(rows[-1], flush=True)
             project.write_stack_config(stack, config(nb, nt, addresses))
             converge = cli(project, project.dir, "up", "--stack", stack)
-            preview = median_of(args.runs, lambda: cli(project, project.dir, "preview", "--stack", stack))
-            noop = median_of(args.runs, lambda: cli(project, project.dir, "up", "--stack", stack))
-            # What `make up` and the watch loop run: the update without the CLI's own preview pass first.
-            skip = median_of(args.runs, lambda: cli(project, project.dir, "up", "--skip-preview", "--stack", stack))
+            cell = measure(project, project.dir, stack, args.runs)
             rows.append((f"{nb} balancers x {nt} targets ({resources(project, stack)} resources): preview / no-op up "
                          "/ no-op up --skip-preview",
-                         f"{preview:.2f} s ({preview / floor_preview:.1f}x) / {noop:.2f} s "
-                         f"({noop / floor_up:.1f}x) / {skip:.2f} s ({skip / floor_skip:.1f}x); "
-                         f"converging up from the previous size {converge:.1f} s"))
+                         " / ".join(f"{t:.2f} s ({t / f:.1f}x; {t / g:.1f}x the graph floor)"
+                                    for t, f, g in zip(cell, floor, graph_floor[nb]))
+                         + f"; converging up from the previous size {converge:.1f} s"))
             print(rows[-1], flush=True)
+        cli(project, graph, "destroy", "--stack", stack)
         cli(project, project.dir, "destroy", "--stack", stack)
     finally:
         for name in list(instances_with_prefix(stack)):
