@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import statistics
 import subprocess
 import sys
@@ -74,8 +75,9 @@ def program_dir(project: ProjectCopy, name: str, files: dict[str, str]) -> str:
 
 
 def graph_source() -> dict[str, str]:
-    src = os.path.join(ROOT, "bench", "graph_floor")
-    return {name: open(os.path.join(src, name)).read() for name in ("__main__.py", "noop.py")}
+    """bench/graph_floor/'s program: the graph of `lxc` balancers with providers that do nothing."""
+    src = pathlib.Path(ROOT, "bench", "graph_floor")
+    return {name: (src / name).read_text() for name in ("__main__.py", "noop.py")}
 
 
 def config(n_balancers: int, n_targets: int, backends: list[str]) -> dict:
