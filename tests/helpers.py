@@ -274,15 +274,35 @@ def neighbour_mac(address: str) -> str:
     return out[out.index("lladdr") + 1] if "lladdr" in out else ""
 
 
+def tcp_connects(host: str, port: int, timeout: float = 0.1) -> bool:
+    """A TCP connection to host:port is accepted within `timeout`."""
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def probe_until_back(host: str, port: int, probes: list, interval: float = 0.02, limit: int = 1500) -> None:
+    """Append (time, connected) to `probes`, a TCP connection every `interval`, until one is accepted after one
+    was not (bounded by `limit` probes): the outage window a client sees, from its first failure to its recovery."""
+    failed = False
+    for _ in range(limit):
+        ok = tcp_connects(host, port)
+        probes.append((time.monotonic(), ok))
+        failed = failed or not ok
+        if ok and failed:
+            return
+        time.sleep(interval)
+
+
 def clients_reach_only(holder: str, vip: str, port: int = 6443) -> bool:
     """After a split brain healed: the host's neighbour entry for the VIP names the holder's MAC, so no client
     request goes to a node that no longer holds the VIP (its kernel would drop it, or worse, answer it)."""
-    import socket
-
-    try:  # a connection first, so the host has resolved the VIP (the entry is what this request used)
-        socket.create_connection((vip, port), timeout=2).close()
-    except OSError:
-        pass
+    # A connection first, so the host has resolved the VIP (the entry is what this request used).
+    tcp_connects(vip, port, timeout=2)
     return neighbour_mac(vip) == incus().get_instance(holder)["config"].get("volatile.eth0.hwaddr")
 
 

@@ -85,6 +85,12 @@ def vip_holders(env: dict, names, vip: str, server: int = 0) -> list[str]:
     return sorted(n for n in names if vip in eth0_addresses(c.get_instance(n) or {}))
 
 
+def database_leader(env: dict, server: int = 0) -> str:
+    """The member holding the cluster database's leader role (its loss stalls the API until another is elected)."""
+    members = client(env, server).call("GET", "cluster/members", params={"recursion": 1}) or []
+    return next((m["server_name"] for m in members if "database-leader" in (m.get("roles") or [])), "")
+
+
 def wait_member_online(env: dict, member: str, timeout: float = 120) -> None:
     """Until the cluster (asked through another member) sees `member` online again."""
     import time

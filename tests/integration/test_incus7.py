@@ -18,13 +18,15 @@ import os
 import random
 import ssl
 import subprocess
+import threading
 import time
 
 import pytest
 
 from components.oci import OciLoadBalancer
 from tests import incus7
-from tests.helpers import ROOT, base_config, demo_group, http_get, pulumi_stack, up_in_thread, wait_for
+from tests.helpers import (ROOT, base_config, demo_group, http_get, probe_until_back, pulumi_stack, up_in_thread,
+                           wait_for)
 from tests.k8s import ApiLoad, Kubectl, kubeconfig_ca, readyz_check, real_control_plane
 
 pytestmark = pytest.mark.integration
@@ -217,16 +219,30 @@ def test_cluster_lxc_pair_spreads_and_the_vip_follows_a_lost_member(nested, cont
         holders = wait_for(lambda: incus7.vip_holders(nested, replicas, vip), 30)
         assert len(holders) == 1, holders
         lost = where[holders[0]]
+        leader = incus7.database_leader(nested)
+        # What a client on the bridge sees: a TCP connection to the VIP every 20 ms (100 ms timeout), from before
+        # the stop until the new holder's haproxy has accepted one.
+        probes: list[tuple[float, bool]] = []
+        prober = threading.Thread(target=probe_until_back, args=(vip, 6443, probes), daemon=True)
         # The member's whole server goes away (incus stop --force of the nested server on this host).
         t0 = time.monotonic()
+        prober.start()
         subprocess.run(["incus", "stop", "--force", lost], check=True)
+        stopped = time.monotonic() - t0
+        prober.join(40)
+        assert probes and probes[-1][1], f"the VIP does not answer after the member holding it was lost: {probes[-3:]}"
+        failed = [t for t, ok in probes if not ok]
+        outage = probes[-1][0] - failed[0] if failed else 0.0
         other = next(r for r in replicas if r != holders[0])
         survivor = next(i for i, s in enumerate(nested["servers"]) if s["name"] != lost)
         assert wait_for(lambda: incus7.vip_holders(nested, [other], vip, server=survivor) == [other], 30)
         moved = time.monotonic() - t0
         kube.becomes_ready(30)
         assert kube.configmap_roundtrip("cplb-member-lost", lost) == {"value": lost}
-        print(f"\ncross-member failover: {lost} stopped, VIP on {other} after {moved:.2f} s (as Incus shows it)")
+        print(f"\ncross-member failover: {lost} stopped in {stopped:.2f} s (database leader: {leader or '?'}); "
+              f"a client on the bridge: no connection to the VIP for {outage:.2f} s ({len(failed)} failed probes), "
+              f"answered again {probes[-1][0] - t0:.2f} s after the stop began; {other} holds it "
+              f"{moved:.2f} s after, as the cluster's API shows it")
         subprocess.run(["incus", "start", lost], check=True)
         incus7.wait_member_online(nested, lost)
         assert wait_for(lambda: incus7.statuses(nested, replicas, server=survivor) == ["Running", "Running"], 120)
