@@ -14,6 +14,8 @@ from typing import Optional
 
 import yaml
 
+from facts import tcp_alive
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS_BIN = os.path.join(ROOT, ".tools", "bin")
 # What a test project copies: the program, not the checkout's tools, state, stacks or tests.
@@ -274,23 +276,12 @@ def neighbour_mac(address: str) -> str:
     return out[out.index("lladdr") + 1] if "lladdr" in out else ""
 
 
-def tcp_connects(host: str, port: int, timeout: float = 0.1) -> bool:
-    """A TCP connection to host:port is accepted within `timeout`."""
-    import socket
-
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def probe_until_back(host: str, port: int, probes: list, interval: float = 0.02, limit: int = 1500) -> None:
     """Append (time, connected) to `probes`, a TCP connection every `interval`, until one is accepted after one
     was not (bounded by `limit` probes): the outage window a client sees, from its first failure to its recovery."""
     failed = False
     for _ in range(limit):
-        ok = tcp_connects(host, port)
+        ok = tcp_alive(host, port, timeout=0.1)
         probes.append((time.monotonic(), ok))
         failed = failed or not ok
         if ok and failed:
@@ -302,7 +293,7 @@ def clients_reach_only(holder: str, vip: str, port: int = 6443) -> bool:
     """After a split brain healed: the host's neighbour entry for the VIP names the holder's MAC, so no client
     request goes to a node that no longer holds the VIP (its kernel would drop it, or worse, answer it)."""
     # A connection first, so the host has resolved the VIP (the entry is what this request used).
-    tcp_connects(vip, port, timeout=2)
+    tcp_alive(vip, port, timeout=2)
     return neighbour_mac(vip) == incus().get_instance(holder)["config"].get("volatile.eth0.hwaddr")
 
 

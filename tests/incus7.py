@@ -85,6 +85,18 @@ def vip_holders(env: dict, names, vip: str, server: int = 0) -> list[str]:
     return sorted(n for n in names if vip in eth0_addresses(c.get_instance(n) or {}))
 
 
+def unless_electing(read):
+    """`read()`, or None while the cluster elects a new database leader (Incus answers 503 until it has one)."""
+    from providers.incus_client import IncusError
+
+    try:
+        return read()
+    except IncusError as exc:
+        if "answered 503" in str(exc) and "leader" in str(exc):
+            return None
+        raise
+
+
 def database_leader(env: dict, server: int = 0) -> str:
     """The member holding the cluster database's leader role (its loss stalls the API until another is elected)."""
     members = client(env, server).call("GET", "cluster/members", params={"recursion": 1}) or []
