@@ -3,7 +3,7 @@ SHELL := /bin/bash
 # Set-up runs first wherever it is needed: it is idempotent and takes under a second when all is present.
 STACK ?= dev
 
-.PHONY: setup up preview refresh down outputs test unit bench watch schema validate drift preview-summary status kubeconfig
+.PHONY: setup up upgrade preview refresh down outputs test test-times unit bench watch schema validate drift preview-summary status kubeconfig
 
 up:
 	@scripts/setup
@@ -12,8 +12,13 @@ up:
 setup:
 	@scripts/setup
 
+# Roll the stack's instances to the newest version of their images, one member at a time (a rebuilt image never
+# reaches a running stack by itself). `make preview UPGRADE=1` shows the rollout first.
+upgrade: setup
+	@scripts/stack upgrade $(STACK)
+
 preview: setup
-	@scripts/stack preview $(STACK)
+	@CPLB_UPGRADE=$(if $(UPGRADE),1,) scripts/stack preview $(STACK)
 
 refresh: setup
 	@scripts/stack refresh $(STACK)
@@ -30,6 +35,10 @@ kubeconfig:
 
 test: setup
 	@scripts/run-tests
+
+# Seconds per test module and per parallel group, from the last run's JUnit report (.state/test-report.xml).
+test-times:
+	@.venv/bin/python scripts/test-times
 
 unit:
 	@.venv/bin/python -m pytest -q tests/unit

@@ -1,5 +1,7 @@
 """incus-cplb: load the stack config, build one component per balancer, export what users need."""
 
+import os
+
 import pulumi
 
 import spec
@@ -16,7 +18,9 @@ try:
     facts = Facts(stack_spec.incus)
     ctx = StackContext(stack=pulumi.get_stack(), incus=stack_spec.incus,
                        ipv6=any("IPv6" in lb.ip_families for lb in stack_spec.load_balancers),
-                       members=tuple(facts.cluster_members()))
+                       members=tuple(facts.cluster_members()),
+                       # `make upgrade`: the stack's instances roll to the newest version of their images.
+                       upgrade=os.environ.get("CPLB_UPGRADE") == "1")
     strategies.check_all(ctx, stack_spec, facts)  # names, extensions, VIPs: before anything is registered
     if stack_spec.kubernetes.publish and stack_spec.kubernetes.kubeconfig:
         from facts import kubernetes_access
@@ -25,21 +29,21 @@ try:
 except (spec.SpecError, ValueError, IncusError) as exc:
     raise pulumi.RunError(str(exc)) from None
 
-groups = {
-    g.name: InstanceGroup(g.name, InstanceGroupArgs(
-        ctx=ctx, spec=g, image_fingerprint=facts.image_fingerprint(f"cplb:instanceGroups[{i}].instance.image",
-                                                                   g.instance.image)))
-    for i, g in enumerate(stack_spec.instance_groups)
-}
-# Real control planes: CA and instances now; certificates and services once their balancers exist (below).
-control_planes = {
-    c.cluster: ControlPlane(c.name, ControlPlaneArgs(
-        ctx=ctx, spec=c, field=f"cplb:controlPlanes[{i}]",
-        image_fingerprint=facts.image_fingerprint(f"cplb:controlPlanes[{i}].instance.image", c.instance.image),
-        bind_all=any(lb.cluster == c.cluster and lb.type == "external" and lb.external.kube_vip
-                     for lb in stack_spec.load_balancers)))
-    for i, c in enumerate(stack_spec.control_planes)
-}
+try:
+    groups = {
+        g.name: InstanceGroup(g.name, InstanceGroupArgs(ctx=ctx, spec=g, field=f"cplb:instanceGroups[{i}]", facts=facts))
+        for i, g in enumerate(stack_spec.instance_groups)
+    }
+    # Real control planes: CA and instances now; certificates and services once their balancers exist (below).
+    control_planes = {
+        c.cluster: ControlPlane(c.name, ControlPlaneArgs(
+            ctx=ctx, spec=c, field=f"cplb:controlPlanes[{i}]", facts=facts,
+            bind_all=any(lb.cluster == c.cluster and lb.type == "external" and lb.external.kube_vip
+                         for lb in stack_spec.load_balancers)))
+        for i, c in enumerate(stack_spec.control_planes)
+    }
+except (ValueError, IncusError) as exc:  # an image that cannot roll without losing data, say
+    raise pulumi.RunError(str(exc)) from None
 # Instances this stack creates, with their declared labels, so selectors see them in the same `up`.
 stack_instances = {
     inst_name: (g.labels, resource)
@@ -72,10 +76,13 @@ for c in stack_spec.control_planes:
     front = next((lb for lb in serving if lb.role == "control-plane"), None)
     hosts = [getattr(balancers[lb.name], "endpoint_hosts", None) or balancers[lb.name].endpoint.apply(lambda e: [e])
              for lb in serving]
-    control_planes[c.cluster].configure(
-        pulumi.Output.all(*hosts).apply(lambda v: [h for hs in v for h in hs]),
-        balancers[front.name].endpoint if front else control_planes[c.cluster].addresses.apply(
-            lambda a: f"{a[0]}:6443"))
+    try:
+        control_planes[c.cluster].configure(
+            pulumi.Output.all(*hosts).apply(lambda v: [h for hs in v for h in hs]),
+            balancers[front.name].endpoint if front else control_planes[c.cluster].addresses.apply(
+                lambda a: f"{a[0]}:6443"))
+    except (ValueError, IncusError) as exc:  # a pre-flight refusal names its key path: no traceback
+        raise pulumi.RunError(str(exc)) from None
 
 # Each balancer published into the cluster it serves, through the cluster's balanced endpoint.
 if stack_spec.kubernetes.publish:

@@ -7,29 +7,20 @@ diff shows control-plane instances coming and going.
 from __future__ import annotations
 
 import ipaddress
+import re
 import threading
 from dataclasses import dataclass
 from typing import Optional
 
 from providers.incus_client import Connection, IncusError, addresses_of, client_for
 from providers.memfile import MemFile
+from providers.probes import tcp_probe
+from providers.volume import STATE_DEVICE
 from spec import IncusSpec, Selector
 
 DISABLED_LABEL = "user.cplb.disabled"
-
-
-def tcp_probe(address: str, port: int, timeout: float = 1.0) -> str:
-    """A TCP connect to one of the project's own instances: `ok`, `refused` (the host is there, nothing
-    listens yet) or `unreachable` (no answer: the host is gone)."""
-    import socket
-
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return "ok"
-    except ConnectionRefusedError:
-        return "refused"
-    except OSError:
-        return "unreachable"
+# A version of a local image, as scripts/build-image aliases it: cplb/NAME/<recipe hash>.
+VERSION_ALIAS = re.compile(r"/[0-9a-f]{16}$")
 
 
 def tcp_alive(address: str, port: int, timeout: float = 1.0) -> bool:
@@ -80,6 +71,24 @@ class ObservedInstance:
     owner_stack: Optional[str]
     owner_id: Optional[str]
     location: str = ""  # the cluster member it runs on ("" on a standalone server)
+    base_image: str = ""  # the fingerprint of the image its root disk was made from
+    devices: tuple = ()  # the names of its own devices (not its profiles')
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """The image a group of the stack's instances is to run, and what that means for the ones that exist."""
+
+    fingerprint: str  # what they are to run
+    latest: str  # what the alias names now (a newer version than `fingerprint` waits for `make upgrade`)
+    running: dict  # instance name -> the fingerprint it runs now (instances that exist)
+
+    def rolls(self, name: str) -> bool:
+        return name in self.running and self.running[name] != self.fingerprint
+
+    @property
+    def rolling(self) -> list[str]:
+        return sorted(n for n in self.running if self.rolls(n))
 
 
 class Facts:
@@ -130,7 +139,8 @@ class Facts:
                     labels={k: v for k, v in cfg.items() if k.startswith("user.")},
                     ipv4=tuple(addrs.get("inet", [])), ipv6=tuple(addrs.get("inet6", [])),
                     owner_stack=cfg.get("user.cplb.stack"), owner_id=cfg.get("user.cplb.owner"),
-                    location=member_of(inst),
+                    location=member_of(inst), base_image=cfg.get("volatile.base_image", ""),
+                    devices=tuple(sorted(inst.get("devices") or {})),
                 ))
             self._instances = out
         return self._instances
@@ -185,6 +195,97 @@ class Facts:
                                  "the local cplb/* images, or import it)") from None
             raise
         return meta.get("target", "")
+
+    def image_plan(self, field: str, alias: str, names: list[str], stack: str, upgrade: bool = False) -> ImagePlan:
+        """Which image the stack's instances `names` are to run. A new version of an image never reaches a running
+        stack by itself: instances that exist keep the one they run, and new ones join them on it, until the stack is
+        upgraded (`upgrade`: `make upgrade`) or its config names a version (`cplb/NAME/<recipe>`). A group found on
+        two versions is in the middle of a rollout (an `up` was stopped): it goes on to the newer one."""
+        latest = self.image_fingerprint(field, alias)
+        running = {i.name: i.base_image for i in self.instances()
+                   if i.name in names and i.owner_stack == stack and i.base_image}
+        if upgrade or VERSION_ALIAS.search(alias) or not running:
+            return ImagePlan(latest, latest, running)
+        return ImagePlan(max(set(running.values()), key=self.image_created), latest, running)
+
+    def image_meta(self, fingerprint: str) -> dict:
+        """A local image as Incus describes it (properties, created_at); {} when it is gone."""
+        def read():
+            try:
+                return self.client.call("GET", f"images/{fingerprint}", what=f"read image {fingerprint[:12]}") or {}
+            except IncusError as exc:
+                if exc.status == 404:
+                    return {}
+                raise
+        return self._once(("image-meta", fingerprint), read) if fingerprint else {}
+
+    def image_created(self, fingerprint: str) -> str:
+        """When a local image was made (ISO 8601, sorts by time); '' when it is gone."""
+        return self.image_meta(fingerprint).get("created_at", "")
+
+    def keeps_state(self, name: str) -> bool:
+        """An existing instance keeps what the stack pushed across a rebuild: it has its state volume, and the image
+        it runs puts that state there (images built before state volumes did not)."""
+        inst = next((i for i in self.instances() if i.name == name), None)
+        if inst is None or STATE_DEVICE not in inst.devices:
+            return False
+        return bool((self.image_meta(inst.base_image).get("properties") or {}).get("cplb.state"))
+
+    def served_certificate(self, name: str, port: int):
+        """The certificate the stack's instance `name` serves on `port` (a TLS handshake to it, nothing verified or
+        sent: etcd asks for a client certificate only after its own is sent); None when it does not answer."""
+        import socket
+        import ssl
+
+        from cryptography import x509
+
+        inst = next((i for i in self.instances() if i.name == name and i.status == "Running" and i.ipv4), None)
+        if inst is None:
+            return None
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        try:
+            with socket.create_connection((inst.ipv4[0], port), timeout=1.0) as sock, \
+                    ctx.wrap_socket(sock) as tls:
+                der = tls.getpeercert(binary_form=True)
+        except (OSError, ssl.SSLError):
+            return None
+        return x509.load_der_x509_certificate(der) if der else None
+
+    def served_certificate_expiry(self, name: str, port: int):
+        cert = self.served_certificate(name, port)
+        return cert.not_valid_after_utc if cert is not None else None
+
+    def served_certificate_issuer(self, name: str, port: int):
+        """The common name of the CA that signed what `name` serves on `port`; None when it does not answer."""
+        from providers.pki import issuer_cn
+
+        cert = self.served_certificate(name, port)
+        return issuer_cn(cert) if cert is not None else None
+
+    def etcd_initial_cluster(self, name: str, path: str) -> Optional[tuple[str, str]]:
+        """(`--initial-cluster`, `--initial-cluster-state`) of the flags file the stack's member `name` starts etcd
+        with; None when the instance or its file is not there (or cannot be read now)."""
+        if not self.exists(name):
+            return None
+
+        def read():
+            try:
+                found = self.client.pull_file(name, path)
+            except IncusError:
+                return None
+            if not found:
+                return None
+            flags = dict(line.split("=", 1) for line in found[0].decode(errors="replace").splitlines() if "=" in line)
+            cluster = flags.get("--initial-cluster")
+            return (cluster, flags.get("--initial-cluster-state", "new")) if cluster else None
+        return self._once(("etcd-initial-cluster", name), read)
+
+    def exists(self, name: str) -> bool:
+        return any(i.name == name for i in self.instances())
+
+    def has_device(self, name: str, device: str) -> bool:
+        return any(i.name == name and device in i.devices for i in self.instances())
 
     def network(self, name: str) -> dict:
         return self._once(("network", name),

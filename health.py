@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from facts import tcp_probe
+from providers.probes import https_probe, tcp_probe
 from spec import split_host_port
 from providers import haproxy_runtime
 
@@ -64,31 +64,6 @@ def dns_answers(server: str, fqdn: str) -> list[str]:
         for rrset in reply.answer:
             found += [r.to_text() for r in rrset]
     return sorted(found)
-
-
-def https_probe(address: str, port: int, path: str, ca_pem: str, server_name: str = "",
-                timeout: float = 2.0) -> str:
-    """Like tcp_probe, then `GET path` over TLS verified against `ca_pem` (names checked against `server_name`
-    when given): "ok", "refused", "unreachable", or "failing" (it answers, but not 200 or not with a valid
-    certificate)."""
-    import http.client
-    import socket
-    import ssl
-
-    first = tcp_probe(address, port, timeout=timeout)
-    if first != "ok":
-        return first
-    ctx = ssl.create_default_context(cadata=ca_pem or None)  # no CA given: the system's
-    ctx.check_hostname = bool(server_name)
-    try:
-        with socket.create_connection((address, port), timeout=timeout) as sock:
-            with ctx.wrap_socket(sock, server_hostname=server_name or address) as tls:
-                conn = http.client.HTTPConnection(address, port, timeout=timeout)
-                conn.sock = tls
-                conn.request("GET", path)
-                return "ok" if conn.getresponse().status == 200 else "failing"
-    except (OSError, ssl.SSLError, http.client.HTTPException):
-        return "failing"
 
 
 def node_probe(settings: dict | None):

@@ -215,9 +215,11 @@ class Limits(Model):
 
 
 class InstanceSpec(Model):
-    """How an Incus instance is made. Image changes replace the instance; the rest updates it in place."""
+    """How an Incus instance is made. Everything updates in place; a new image rolls the group one member at a time,
+    each rebuilt in place with its name, address and state volume (docs/upgrades.md)."""
 
-    image: IncusName = Field(description="Local image alias, e.g. `cplb/haproxy`.")
+    image: IncusName = Field(description="Local image alias, e.g. `cplb/haproxy`: the stack keeps the version its "
+                             "instances run until `make upgrade`; `cplb/haproxy/<recipe>` names one version.")
     profiles: list[IncusName] = Field(default_factory=list, description="Profiles applied in order.")
     limits: Limits = Field(default_factory=Limits, description="CPU and memory limits.")
     instance_type: Optional[str] = Field(
@@ -243,6 +245,24 @@ class InstanceGroupSpec(Model):
     )
 
 
+class CertificatesSpec(Model):
+    """How long the control plane's leaf certificates live (API server serving, etcd server/peer, the API server's
+    etcd client, the admin client) and when they are renewed: at every `up` and preview, a certificate with less
+    than `renewBeforeDays` left is reissued under the same CA, and the services load it without a restart."""
+
+    validity_days: float = Field(365, alias="validityDays", gt=0, le=3650,
+                                 description="Life of a leaf certificate, in days (fractions allowed, for tests).")
+    renew_before_days: float = Field(30, alias="renewBeforeDays", ge=0, le=3650,
+                                     description="Renew a leaf certificate once it has less than this left, in days.")
+
+    @model_validator(mode="after")
+    def _renew_within_life(self):
+        if self.renew_before_days >= self.validity_days:
+            raise ValueError(f"renewBeforeDays ({show(self.renew_before_days)}) must be less than validityDays "
+                             f"({show(self.validity_days)}): otherwise every `up` would renew every certificate")
+        return self
+
+
 class ControlPlaneSpec(Model):
     """A real Kubernetes control plane the stack owns, standing in for what Cluster API, kubeadm or k0s would
     create: `count` instances, each with a stacked etcd member and kube-apiserver, and a PKI made by the program.
@@ -251,7 +271,9 @@ class ControlPlaneSpec(Model):
 
     name: DnsLabel = Field(description="Name; instances are `<stack>-<name>-<n>`.")
     cluster: DnsLabel = Field(description="The cluster; its balancers' addresses go into the serving certificate.")
-    count: int = Field(3, ge=1, le=7, description="Members (etcd quorum: 3 tolerates one lost member).")
+    count: int = Field(3, ge=1, le=7, description="Members (etcd quorum: 3 tolerates one lost member). Raised, "
+                       "new members join the running etcd one at a time (a learner, then promoted); lowered, the "
+                       "highest members leave etcd before their instances go (docs/upgrades.md).")
     instance: InstanceSpec = Field(
         default_factory=lambda: InstanceSpec(image="cplb/control-plane", limits=Limits(memory="768MiB")),
         description="How each instance is made.")
@@ -261,6 +283,8 @@ class ControlPlaneSpec(Model):
         "the server still serves, so balancers take it out before the listener closes.")
     service_cidr: str = Field("198.19.0.0/24", alias="serviceCIDR", pattern=r"^[0-9.]+/[0-9]{1,2}$",
                               description="Service cluster IP range (allocations only; no traffic goes there).")
+    certificates: CertificatesSpec = Field(default_factory=CertificatesSpec,
+                                           description="Life and renewal of the leaf certificates.")
 
     @field_validator("service_cidr")
     @classmethod
@@ -389,6 +413,13 @@ class HealthCheckSpec(Model):
     timeout_seconds: int = Field(2, alias="timeoutSeconds", ge=1, le=3600)
     rise: int = Field(2, ge=1, le=100, description="Consecutive successes before a backend is up.")
     fall: int = Field(3, ge=1, le=100, description="Consecutive failures before a backend is down.")
+    fail_open: bool = Field(
+        True, alias="failOpen",
+        description="With an `https`/`http` check: while no backend passes it, send connections to every backend "
+        "that accepts them, instead of closing them (AWS NLB and Envoy's panic mode do the same). Checks fail "
+        "together when the cause is shared: a busy host's slow TLS handshakes, an etcd election that every API "
+        "server's `/readyz` reports, when each still serves most requests. A VRRP replica's own health still "
+        "counts only backends that pass the check, so it gives up the VIP as before.")
     connect_timeout_milliseconds: int = Field(
         250, alias="connectTimeoutMilliseconds", ge=10, le=60000,
         description="How long the proxy waits for a backend to accept a connection before it marks that backend "

@@ -14,8 +14,8 @@ from typing import Optional
 
 import pulumi
 
-from components.common import instance_config
-from components.common import LoadBalancerArgs
+from components.common import LoadBalancerArgs, instance_config
+from components.members import Members, build_members
 from components.render import render
 from components.targets import resolve_targets, routing
 import health
@@ -145,18 +145,18 @@ class DnsLoadBalancer(pulumi.ComponentResource):
         spec = dns.nodes.instance
         labels = {"user.cluster-name": lb.cluster, "user.cluster-role": "loadbalancer", "user.cplb.balancer": lb.name}
         node_names = [ctx.object_name(lb.name, "proxy", str(n)) for n in range(1, dns.nodes.count + 1)]
-        self.nodes: list[Instance] = []
+        # Nodes roll one at a time (the last first); a node's nginx.conf is on its state volume, so a rebuilt node
+        # serves again as soon as it starts.
+        self.nodes: list[Instance] = build_members(self, ctx, facts, Members(
+            resource_names=[f"{name}-proxy-{n}" for n in range(1, dns.nodes.count + 1)], names=node_names,
+            image=spec.image, image_field=f"{args.field}.dns.nodes.instanceSpec.image", owner_id=f"lb/{lb.name}",
+            config=instance_config(spec, labels), devices=ctx.devices(spec.network),
+            health={"kind": "tcp", "port": health_port(dns)}, wait_seconds=300,
+            common={"profiles": spec.profiles, "instance_type": spec.instance_type, "target": spec.target},
+            singleton_note="its rollout takes the only proxy node (and the record) away while it is rebuilt",
+        ))
         self.files: list[InstanceFile] = []
-        for n in range(1, dns.nodes.count + 1):
-            node = Instance(
-                f"{name}-proxy-{n}", name=node_names[n - 1], image=spec.image,
-                image_fingerprint=facts.image_fingerprint(f"{args.field}.dns.nodes.instanceSpec.image", spec.image),
-                connection=ctx.connection, credentials=ctx.credentials, owner_stack=ctx.stack,
-                address_families=ctx.address_families,
-                owner_id=f"lb/{lb.name}", profiles=spec.profiles, config=instance_config(spec, labels),
-                devices=ctx.devices(spec.network), instance_type=spec.instance_type, target=spec.target, opts=child,
-            )
-            self.nodes.append(node)
+        for n, node in enumerate(self.nodes, start=1):
             self.files.append(InstanceFile(
                 f"{name}-nginx-conf-{n}", instance=node.name, instance_uuid=node.uuid, path=NGINX_CONF,
                 content=conf, connection=ctx.connection, credentials=ctx.credentials,

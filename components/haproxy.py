@@ -3,20 +3,55 @@ how they are checked and reloaded, and haproxy.cfg itself, rendered from one tem
 
 from __future__ import annotations
 
+import shlex
 from typing import Optional
 
 import pulumi
 
 from components.render import render
-from providers.haproxy_runtime import RUNTIME_PORT
+from providers.haproxy_runtime import FAIL_OPEN_SUFFIX, RUNTIME_PORT
 from spec import HAPROXY_MONITOR_PORT, LoadBalancerSpec
 
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 MONITOR_PORT = HAPROXY_MONITOR_PORT
 HAPROXY_VALIDATE = ["haproxy", "-c", "-q", "-f", "{path}"]
-# Reload only when haproxy is already up; on first push the service starts by itself once the file exists.
-HAPROXY_RELOAD = ["sh", "-c", "if [ -s /run/haproxy.pid ]; then kill -USR2 $(cat /run/haproxy.pid); fi"]
+# A reload starts a new worker, and haproxy 2.6 (no `init-state`) starts every server of it up, down only at its
+# first failed check: a server that was down, or an API server in its shutdown delay, would get new connections for
+# up to a check interval (seen: a TLS handshake cut short while etcd moved to its own CA). So the old worker's server
+# states are saved for the new one (server-state-file), for the servers whose line is unchanged only: haproxy puts a
+# saved address and port over the config's (haproxy issues #1412, #3296), so a row is kept only when its backend,
+# name, address and port (or check port, for a range) are those of a `server` line of the new haproxy.cfg.
+SERVER_STATE_FILE = "/run/haproxy/server-state"
+_KEEP_UNCHANGED_SERVERS = r"""
+NR == FNR {
+    if ($1 == "backend") backend = $2
+    else if ($1 == "server") keep[backend " " $2 " " $3 ($4 == "port" ? " port " $5 : "")] = 1
+    next
+}
+FNR == 1 || /^#/ { print; next }
+NF >= 22 {
+    address = ($5 ~ /:/) ? "[" $5 "]" : $5
+    if ((($2 " " $4 " " address ":" $19) in keep) || ($19 == 0 && (($2 " " $4 " " address " port " $22) in keep)))
+        print
+}
+"""
+
+
+def haproxy_reload_command(config: str = HAPROXY_CFG, pid_file: str = "/run/haproxy.pid",
+                           state_file: str = SERVER_STATE_FILE, runtime_port: int = RUNTIME_PORT) -> list[str]:
+    """Reload only when haproxy is already up (on first push the service starts by itself once the file exists),
+    with the servers' states carried over. If the states cannot be read, the reload goes on without them."""
+    dump = f"{state_file}.dump"
+    return ["sh", "-c", (
+        f"[ -s {pid_file} ] || exit 0; "
+        f"if echo 'show servers state' | nc 127.0.0.1 {runtime_port} > {dump} && [ \"$(head -n 1 {dump})\" = 1 ] "
+        f"&& awk {shlex.quote(_KEEP_UNCHANGED_SERVERS)} {config} {dump} > {state_file}.new; "
+        f"then mv {state_file}.new {state_file}; else rm -f {state_file} {state_file}.new; fi; rm -f {dump}; "
+        f"kill -USR2 $(cat {pid_file})")]
+
+
+HAPROXY_RELOAD = haproxy_reload_command()
 KEEPALIVED_VALIDATE = ["keepalived", "-t", "-f", "{path}"]
 KEEPALIVED_RELOAD = ["sh", "-c", "if [ -s /run/keepalived.pid ]; then kill -HUP $(cat /run/keepalived.pid); fi"]
 
@@ -66,7 +101,8 @@ def render_haproxy(stack: str, lb: LoadBalancerSpec, backends: list[RenderedBack
         # Bind on every address: the VIP comes and goes with VRRP, and the instance's own address works too.
         families=haproxy_families(lb.ip_families, ipv4_binds),
         fastinter_ms=fastinter_milliseconds(lb.health_check),
-        monitor_port=MONITOR_PORT, drain_seconds=max(lb.drain.timeout_seconds, 1), runtime_port=RUNTIME_PORT,
+        monitor_port=MONITOR_PORT, server_state_file=SERVER_STATE_FILE, drain_seconds=max(lb.drain.timeout_seconds, 1), runtime_port=RUNTIME_PORT,
+        fail_open=bool(lb.health_check.scheme and lb.health_check.fail_open), fail_open_suffix=FAIL_OPEN_SUFFIX,
     )
 
 

@@ -26,8 +26,5 @@ class LxcLoadBalancer(HaproxyBalancer):
 
     def instance_source(self, args: LoadBalancerArgs) -> dict:
         spec = args.spec.lxc_spec.instance
-        return {
-            "image": spec.image,
-            "image_fingerprint": args.facts.image_fingerprint(f"{args.field}.lxc.instanceSpec.image", spec.image),
-            "profiles": spec.profiles, "instance_type": spec.instance_type, "target": spec.target,
-        }
+        return {"image": spec.image, "profiles": spec.profiles, "instance_type": spec.instance_type,
+                "target": spec.target}

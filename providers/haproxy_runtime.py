@@ -14,6 +14,9 @@ import time
 # The port of the runtime API the rendered haproxy.cfg binds on 127.0.0.1 (spec refuses a balanced port on it). Kept
 # here, not imported from spec: the provider plugin would load the whole schema (pydantic) for one number.
 RUNTIME_PORT = 9999
+# The backend a frontend fails open to (templates/haproxy.cfg.j2): the same servers, a connect check only. Its rows
+# are not the balancer's health; a drain covers them too.
+FAIL_OPEN_SUFFIX = "_open"
 _SERVER_LINE = re.compile(r"^\s*server\s+(\S+)\s")
 _SECTION = re.compile(r"^(backend|listen|frontend|defaults|global)\s*(\S*)")
 
@@ -39,28 +42,30 @@ def command(client, instance: str, cmd: str) -> str:
     return out if rc == 0 else ""
 
 
-def show_stat(client, instance: str) -> list[dict]:
-    """`show stat` as rows (pxname, svname, scur, status, ...), servers only."""
+def show_stat(client, instance: str, fail_open: bool = False) -> list[dict]:
+    """`show stat` as rows (pxname, svname, scur, status, ...), servers only; with `fail_open`, also those of the
+    fail-open backends."""
     text = command(client, instance, "show stat")
     lines = [l for l in text.splitlines() if l.strip()]
     if not lines or not lines[0].startswith("# "):
         return []
     header = lines[0][2:].split(",")
     rows = [dict(zip(header, l.split(","))) for l in lines[1:]]
-    return [r for r in rows if r.get("svname") not in ("FRONTEND", "BACKEND")]
+    return [r for r in rows if r.get("svname") not in ("FRONTEND", "BACKEND")
+            and (fail_open or not r.get("pxname", "").endswith(FAIL_OPEN_SUFFIX))]
 
 
 def drain(client, instance: str, servers: set[tuple[str, str]], timeout: float, poll: float = 0.5) -> dict:
     """Put `servers` in drain state (no new connections) and wait until their current sessions are 0 or
     `timeout` passes. Returns what happened, for the resource's outputs."""
     started = time.monotonic()
-    live = {(r["pxname"], r["svname"]) for r in show_stat(client, instance)}
+    live = {(r["pxname"], r["svname"]) for r in show_stat(client, instance, fail_open=True)}
     targets = sorted(servers & live)
     for backend, server in targets:
         command(client, instance, f"set server {backend}/{server} state drain")
     open_sessions = 0
     while targets:
-        rows = {(r["pxname"], r["svname"]): r for r in show_stat(client, instance)}
+        rows = {(r["pxname"], r["svname"]): r for r in show_stat(client, instance, fail_open=True)}
         open_sessions = sum(int(rows[t].get("scur") or 0) for t in targets if t in rows)
         if open_sessions == 0 or time.monotonic() - started >= timeout:
             break

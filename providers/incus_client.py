@@ -207,14 +207,22 @@ class IncusClient:
     # --- instances ---------------------------------------------------------------------------------
 
     def get_instance(self, name: str) -> Optional[dict]:
-        """The instance with its state (addresses, status), or None when it does not exist."""
-        try:
-            return self.call("GET", f"instances/{quote(name)}", params={"recursion": 1},
-                             what=f"read instance {name}")
-        except IncusError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        """The instance with its state (addresses, status), or None when it does not exist.
+
+        Retried (twice, bounded) on Incus 6.0's transient "Invalid PID" answer: the state of a container that is
+        starting or stopping at that moment (as every member is during a rolling upgrade) cannot be read for an
+        instant; anything else is not retried."""
+        for attempt in range(3):
+            try:
+                return self.call("GET", f"instances/{quote(name)}", params={"recursion": 1},
+                                 what=f"read instance {name}")
+            except IncusError as exc:
+                if exc.status == 404:
+                    return None
+                if attempt == 2 or exc.status != 500 or "Invalid PID" not in str(exc):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        return None
 
     def list_instances(self) -> list[dict]:
         return self.call("GET", "instances", params={"recursion": 2}, what="list instances") or []

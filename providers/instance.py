@@ -3,12 +3,21 @@
 - create: makes and starts the instance (or adopts one left by an interrupted `up`: same name and this
   stack's ownership keys), then waits for its DHCP address so outputs carry it.
 - read (refresh): the instance as it is; a deleted instance drops out of the state, so `up` recreates it.
-- diff: image, name, type, target and project replace; config, profiles and devices update in place.
+- diff: name, type, target and project replace; config, profiles and devices update in place. A new image replaces
+  the instance, unless the component says it can be rebuilt (`rebuild`: what the stack pushed lives on its state
+  volume, or it pushes nothing): then it is an update that rolls (below).
+- update with a new image, one member at a time (the component chains its members, so the next one's update starts
+  only when this one's has returned): wait until the other members (`rollout.peers`) are healthy, stop this one
+  gracefully (its services leave as on any shutdown: keepalived hands the VIP over, kube-apiserver fails /readyz and
+  drains), rebuild its root disk from the new image (name, address and state volume kept), start it and wait until it
+  is healthy again (`rollout.health`, providers/rollout.py). What the world says decides, not the state: an `up`
+  killed midway finds the member on its old image, stopped or rebuilt, and goes on from there.
 - delete: stops and deletes, only when the ownership keys say it is ours.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 import pulumi
@@ -22,13 +31,19 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
+from providers import rollout
 from providers.incus_client import Connection, IncusError, addresses_of, client_for
 from providers.values import plain
 
 OWNER_STACK = "user.cplb.stack"
 OWNER_ID = "user.cplb.owner"
 REPLACE_KEYS = ("name", "image", "imageFingerprint", "instanceType", "target", "project", "oci")
+# With `rebuild`, a new image is an update (a rebuild in place), not a replacement.
+IMAGE_KEYS = ("image", "imageFingerprint")
 UPDATE_KEYS = ("config", "profiles", "devices", "running")
+# How long a rolling rebuild waits: for the other members before this one goes down, and for this one after.
+ROLL_WAIT_SECONDS = 600.0
+STOP_SECONDS = 30
 # Config keys Incus manages itself; they are kept when we rewrite the config.
 SERVER_OWNED_PREFIXES = ("volatile.", "image.")
 
@@ -82,6 +97,11 @@ def instance_outputs(props: dict, inst: dict) -> dict[str, Any]:
     ignore = frozenset(props.get("ignoreAddresses") or [])
     addrs = addresses_of(inst, ignore)
     cfg = inst.get("config") or {}
+    if inst.get("status") != "Running" and not (addrs.get("inet") or addrs.get("inet6")):
+        # A stopped instance shows no address, but keeps its own (its MAC keeps the lease, SLAAC the same IPv6): a
+        # refresh while a member is down for a rollout must not take its address out of the certificates, the
+        # balancers' configs and the etcd flags that name it.
+        addrs = {"inet": list(props.get("ipv4") or []), "inet6": list(props.get("ipv6") or [])}
     return {
         **props,
         "status": inst.get("status", "Unknown"),
@@ -177,10 +197,12 @@ class InstanceProvider(ResourceProvider):
 
     def diff(self, _id, olds, news):
         # Absent, empty and null are the same (states written before a key existed have none).
-        replaces = [k for k in REPLACE_KEYS if plain(olds.get(k) or None) != plain(news.get(k) or None)]
+        changed = [k for k in REPLACE_KEYS if plain(olds.get(k) or None) != plain(news.get(k) or None)]
+        rebuilds = [k for k in changed if k in IMAGE_KEYS and news.get("rebuild") and not news.get("oci")]
+        replaces = [k for k in changed if k not in rebuilds]
         if (olds.get("connection") or {}).get("project") != (news.get("connection") or {}).get("project"):
             replaces.append("connection")
-        updates = [k for k in UPDATE_KEYS if plain(olds.get(k)) != plain(news.get(k))]
+        updates = rebuilds + [k for k in UPDATE_KEYS if plain(olds.get(k)) != plain(news.get(k))]
         for k in ("ownerStack", "ownerId"):
             if olds.get(k) != news.get(k):
                 updates.append(k)
@@ -195,13 +217,88 @@ class InstanceProvider(ResourceProvider):
         if inst is None:
             raise IncusError(f"instance {name!r} disappeared; run `pulumi refresh` then `pulumi up` to recreate it")
         check_owner(inst, olds)
+        target = news.get("imageFingerprint") or ""
+        rolled = bool(news.get("rebuild") and target and
+                      (inst.get("config") or {}).get("volatile.base_image") != target)
+        # A member that was down (rolled now, or left stopped by a killed rollout) is healthy again before the next goes.
+        wait_back = bool(news.get("rebuild")) and (rolled or inst.get("status") != "Running")
+        had = addresses_of(inst, frozenset(news.get("ignoreAddresses") or []))
+        if rolled:
+            self._roll(client, name, news, inst)
         self._converge(client, name, news, olds)
         inst = client.get_instance(name) or {}
         if inst.get("status") != "Running":
             client.set_state(name, "start")
             inst = client.wait_for_address(name)
         inst = self._wait_ipv6(client, name, props=news, inst=inst)
+        if wait_back:
+            self._wait_back(client, name, news)
+        if rolled:
+            # The same MAC brings the same addresses back (DHCP lease, SLAAC), the IPv6 one a moment after the IPv4
+            # one: outputs taken before it would drop it, and reissue every certificate that names it.
+            inst = self._wait_addresses(client, name, had) or inst
         return UpdateResult(outs=instance_outputs(news, inst))
+
+    @staticmethod
+    def _roll(client, name: str, props: dict, inst: dict) -> None:
+        """Take this member down for its rebuild: only while the others serve, and gracefully."""
+        plan = props.get("rollout") or {}
+        health = plan.get("health") or {}
+        wait = float(plan.get("waitSeconds") or ROLL_WAIT_SECONDS)
+        peers = [p for p in plan.get("peers") or [] if p != name]
+        # A member that is not serving (stopped, or left half-done by a killed `up`) costs nothing to take down; one
+        # that serves waits until every other member does too (for etcd: quorum with this one gone).
+        if peers and rollout.member_health(client, name, health)[0]:
+            problem = rollout.wait_healthy(client, peers, health, wait)
+            if problem:
+                raise IncusError(f"not rolling {name} to its new image: the other members are not all healthy after "
+                                 f"{wait:.0f}s ({problem}); a rollout takes a member down only while the others "
+                                 "serve. Nothing was changed; run `up` again once they are.")
+        if inst.get("status") != "Stopped":
+            seconds = int(plan.get("stopSeconds") or STOP_SECONDS)
+            try:
+                client.set_state(name, "stop", timeout=seconds)
+            except IncusError:
+                # A stop already under way (asked by an `up` that was killed) gets its bound too: a forced stop cuts
+                # etcd and the API server's requests in flight. Forced only when the member is still up after it.
+                if not InstanceProvider._stopped_within(client, name, seconds):
+                    client.set_state(name, "stop", force=True)
+        fingerprint = props["imageFingerprint"]
+        client.call("POST", f"instances/{name}/rebuild", json={"source": {"type": "image", "fingerprint": fingerprint}},
+                    what=f"rebuild instance {name} from image {fingerprint[:12]}")
+
+    @staticmethod
+    def _stopped_within(client, name: str, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while (client.get_instance(name) or {}).get("status") not in ("Stopped", None):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+        return True
+
+    @staticmethod
+    def _wait_addresses(client, name: str, had: dict, seconds: float = 20.0) -> Optional[dict]:
+        """The instance once every address it had before its rebuild is back (bounded); None if some is not."""
+        wanted = set(had.get("inet", []) + had.get("inet6", []))
+        deadline = time.monotonic() + seconds
+        while True:
+            inst = client.get_instance(name) or {}
+            found = addresses_of(inst)
+            if wanted <= set(found.get("inet", []) + found.get("inet6", [])):
+                return inst
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.25)
+
+    @staticmethod
+    def _wait_back(client, name: str, props: dict) -> None:
+        """The next member goes down only once this one is healthy again."""
+        plan = props.get("rollout") or {}
+        wait = float(plan.get("waitSeconds") or ROLL_WAIT_SECONDS)
+        problem = rollout.wait_healthy(client, [name], plan.get("health") or {}, wait)
+        if problem:
+            raise IncusError(f"{name} runs its new image but is not healthy after {wait:.0f}s ({problem}); the "
+                             "rollout stops here, with the other members untouched. Fix it and run `up` again.")
 
     def delete(self, id_, props):
         client = client_for(_conn(props))
@@ -249,6 +346,8 @@ class Instance(pulumi.dynamic.Resource, module="incus", name="Instance"):
         image_fingerprint: Optional[str] = None,
         oci: Optional[dict] = None,
         address_families: Optional[list] = None,
+        rebuild: bool = False,
+        rollout: Optional[pulumi.Input[dict]] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         props = {
@@ -274,5 +373,8 @@ class Instance(pulumi.dynamic.Resource, module="incus", name="Instance"):
             "address": None, "ipv4": None, "ipv6": None, "uuid": None, "status": None,
             "userConfig": None, "location": None,
         }
+        # Only when set, so existing resources see no new input. Neither is compared by diff: they say how an image
+        # change is applied, not what the instance is.
+        props |= {k: v for k, v in {"rebuild": rebuild or None, "rollout": rollout}.items() if v is not None}
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["credentials"]))
         super().__init__(InstanceProvider(), resource_name, props, opts)

@@ -2,7 +2,9 @@
 
 create/update: push the content beside the target (`<path>.cplb-new`), run the validate command on it
 (`{path}` in the command is replaced by that file), and only when it passes move it into place and run the
-reload command. A config that fails validation is removed again and the old one keeps serving.
+reload command. A config that fails validation is removed again and the old one keeps serving. With `rollout`
+(a file whose reload restarts a member's service, such as etcd's flags), an update restarts only while the other
+members are healthy and returns once this one is healthy again; the component chains such files member by member.
 The diff is by content hash: a content change updates the file and reloads; it never replaces the instance.
 The content itself is not stored in outputs (it may hold secrets); only its hash, so refresh can tell when
 the file in the instance was changed or removed out of band.
@@ -16,7 +18,7 @@ from typing import Optional
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from providers import haproxy_runtime
+from providers import haproxy_runtime, rollout
 from providers.incus_client import Connection, IncusError, client_for
 from providers.values import plain
 
@@ -71,6 +73,18 @@ class InstanceFileProvider(ResourceProvider):
             return None
         return haproxy_runtime.drain(client, props["instance"], removed, float(drain.get("timeoutSeconds") or 0))
 
+    @staticmethod
+    def _peers_first(client, name: str, plan: dict) -> None:
+        """A restart takes this member's service down for a moment: only while the other members are healthy."""
+        peers = [p for p in plan.get("peers") or [] if p != name]
+        wait = float(plan.get("waitSeconds") or 600)
+        if peers:
+            problem = rollout.wait_healthy(client, peers, plan.get("health") or {}, wait)
+            if problem:
+                raise IncusError(f"not restarting {name}'s service for its new config: the other members are not all "
+                                 f"healthy after {wait:.0f}s ({problem}). The new file is in place; run `up` again "
+                                 "once they are.")
+
     def _apply(self, props: dict, drain_first: bool = False) -> dict:
         client = client_for(_conn(props))
         name, path = props["instance"], props["path"]
@@ -94,11 +108,23 @@ class InstanceFileProvider(ResourceProvider):
         if rc != 0:
             raise IncusError(f"{path} in {name}: cannot move the new config into place: {err or out}")
         reload = props.get("reloadCommand")
+        plan = (props.get("rollout") or {}) if reload else {}
+        # A member that serves restarts only while the others are healthy, and the next waits until it is healthy
+        # again. One that does not serve yet (a cluster being made: its members are pushed their files in turn) just
+        # gets its file.
+        serving = bool(plan) and rollout.member_health(client, name, plan.get("health") or {})[0]
+        if serving:
+            self._peers_first(client, name, plan)
         if reload:
             rc, out, err = client.exec(name, list(reload))
             if rc != 0:
                 raise IncusError(f"{path} in {name}: reload (`{' '.join(reload)}`) exited {rc}: "
                                  f"{_redact((err or out).strip(), props)[-2000:]}")
+        if serving:
+            problem = rollout.wait_healthy(client, [name], plan.get("health") or {}, float(plan.get("waitSeconds") or 600))
+            if problem:
+                raise IncusError(f"{path} in {name}: the restarted service is not healthy ({problem}); the other "
+                                 "members keep their config until it is. Fix it and run `up` again.")
         outs = self._outs(props, content_hash(props["content"]))
         if drained:
             outs["lastDrain"] = drained
@@ -112,7 +138,15 @@ class InstanceFileProvider(ResourceProvider):
         outs = self._apply(props)
         return CreateResult(id_=f"{props['instance']}:{props['path']}", outs=outs)
 
-    def update(self, _id, _olds, news):
+    def update(self, _id, olds, news):
+        same_file = (olds.get("contentHash") == content_hash(news["content"]) and
+                     plain(olds.get("mode")) == plain(news.get("mode")) and
+                     olds.get("instanceUuid") == news.get("instanceUuid"))
+        if same_file:
+            # Only how a change is validated or reloaded differs (a new restart command): the file in place is the
+            # same, so nothing is pushed and nothing restarts; the new commands apply to the next content change.
+            kept = {"lastDrain": olds["lastDrain"]} if "lastDrain" in olds else {}
+            return UpdateResult(outs={**self._outs(news, olds["contentHash"]), **kept})
         return UpdateResult(outs=self._apply(news, drain_first=True))
 
     def diff(self, _id, olds, news):
@@ -134,6 +168,10 @@ class InstanceFileProvider(ResourceProvider):
         inst = client.get_instance(props["instance"])
         if inst is None:
             return ReadResult(id_="", outs={})
+        if inst.get("status") != "Running":
+            # A stopped instance's state volume is not mounted: its files cannot be seen, which says nothing about
+            # them (a member down for a rollout keeps every one). Read again once it runs.
+            return ReadResult(id_=id_, outs=dict(props))
         found = client.pull_file(props["instance"], props["path"])
         if found is None:
             return ReadResult(id_="", outs={})  # removed out of band: the next `up` pushes it again
@@ -171,6 +209,7 @@ class InstanceFile(pulumi.dynamic.Resource, module="incus", name="InstanceFile")
         drain: Optional[dict] = None,
         validate_format: Optional[str] = None,
         redact: Optional[list[str]] = None,
+        rollout: Optional[pulumi.Input[dict]] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         props = {
@@ -190,6 +229,8 @@ class InstanceFile(pulumi.dynamic.Resource, module="incus", name="InstanceFile")
         props |= {k: v for k, v in {
             "validateFormat": validate_format,
             "redact": pulumi.Output.secret(redact) if redact else None,
+            # How a restart for a changed file rolls (providers/rollout.py); not compared by diff.
+            "rollout": rollout,
         }.items() if v is not None}
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["credentials"]))
         super().__init__(InstanceFileProvider(), resource_name, props, opts)

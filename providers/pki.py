@@ -9,6 +9,11 @@ The diff is precise: a change of the endpoints or the nodes' addresses updates t
 leaf certificates under the same CA (so clients' kubeconfigs stay valid) and keeps the service-account key (so
 tokens stay valid). Nothing is replaced unless the cluster name changes.
 
+Renewal: leaf certificates live `validityDays` (365 by default); at every preview and `up` the diff finds those with
+less than `renewBeforeDays` (30) left, and the update reissues them under the same CA (the admin certificate by
+ClusterCa, the nodes' by NodeCertificates). kube-apiserver and etcd load a changed certificate file by themselves, so
+a renewal restarts nothing.
+
 Every private key is in the `keys` output, which is a Pulumi secret: encrypted in state, masked in diffs and
 previews. Certificates (public) are in `certs`.
 """
@@ -26,6 +31,27 @@ from providers.values import plain
 
 CA_DAYS = 3650
 LEAF_DAYS = 365
+RENEW_BEFORE_DAYS = 30
+
+
+def _now() -> datetime.datetime:
+    """The clock renewal decisions read (unit tests set a fixed one)."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def lifetime(props: dict) -> tuple[float, float]:
+    """(validity, renew-before) in days; states written before renewal existed have neither (the defaults)."""
+    validity = props.get("validityDays")
+    renew = props.get("renewBeforeDays")
+    return (float(LEAF_DAYS if validity is None else validity), float(RENEW_BEFORE_DAYS if renew is None else renew))
+
+
+def expiring(certs: dict[str, str], renew_before_days: float, now: Optional[datetime.datetime] = None) -> list[str]:
+    """The names (of `certs`, name -> PEM) of the certificates with less than `renew_before_days` left."""
+    now = now or _now()
+    horizon = now + datetime.timedelta(days=renew_before_days)
+    return sorted(name for name, pem in certs.items()
+                  if isinstance(pem, str) and _load_cert(pem).not_valid_after_utc <= horizon)
 
 
 def _key():
@@ -76,13 +102,14 @@ def _name(cn: str, org: Optional[str] = None):
     return x509.Name(attrs)
 
 
-def make_ca(cluster: str):
+def make_ca(cluster: str, role: str = "ca"):
+    """A self-signed CA named `<cluster>-<role>` (role `ca`: the cluster CA; `etcd-ca`: etcd's own)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
 
     key = _key()
-    now = datetime.datetime.now(datetime.timezone.utc)
-    name = _name(f"{cluster}-ca")
+    now = _now()
+    name = _name(f"{cluster}-{role}")
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -97,19 +124,19 @@ def make_ca(cluster: str):
 
 
 def issue(ca_cert, ca_key, cn: str, *, org: Optional[str] = None, dns: tuple = (), ips: tuple = (),
-          server: bool = False, client: bool = False):
-    """A leaf certificate signed by the CA; a new key each time."""
+          server: bool = False, client: bool = False, days: float = LEAF_DAYS):
+    """A leaf certificate signed by the CA, valid for `days`; a new key each time."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
     key = _key()
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = _now()
     usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
     builder = (x509.CertificateBuilder().subject_name(_name(cn, org)).issuer_name(ca_cert.subject)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=LEAF_DAYS))
+               .not_valid_after(now + datetime.timedelta(days=days))
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
                                             crl_sign=False, content_commitment=False, data_encipherment=False,
@@ -134,22 +161,36 @@ def sans_of(cert_pem: str) -> dict:
             "ips": [str(i) for i in ext.get_values_for_type(x509.IPAddress)]}
 
 
+def issuer_cn(cert) -> str:
+    """The common name of a certificate's issuer (which CA signed it); `cert` is PEM text or a loaded certificate."""
+    from cryptography.x509.oid import NameOID
+
+    found = (_load_cert(cert) if isinstance(cert, str) else cert).issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return found[0].value if found else ""
+
+
 def _node_leaves(props: dict, ca_cert, ca_key) -> tuple[dict, dict]:
-    """Per node: the API server's serving certificate, the etcd member's certificate and the API server's etcd
-    client certificate, as (certs, keys) keyed by node name, then file name."""
+    """Per node: the API server's serving certificate (cluster CA), the etcd member's certificate and the API
+    server's etcd client certificate (etcd's own CA, kubeadm's layout: no Kubernetes client certificate opens etcd;
+    the cluster CA where no etcd CA is given), as (certs, keys) keyed by node name, then file name."""
     endpoints = list(props.get("endpoints") or [])
     dns_names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc",
                  "kubernetes.default.svc.cluster.local", "localhost", *(props.get("dnsNames") or [])]
     certs: dict = {}
     keys: dict = {}
+    days = lifetime(props)[0]
+    etcd_ca = props.get("etcdCa") or {}
+    etcd_ca_cert, etcd_ca_key = ((_load_cert(etcd_ca["crt"]), _load_key(etcd_ca["key"])) if etcd_ca
+                                 else (ca_cert, ca_key))
     for node in props.get("nodes") or []:
         name, addresses = node["name"], [a for a in node.get("addresses") or [] if a]
         ips = [*addresses, *endpoints, "127.0.0.1", props.get("serviceIP") or "198.19.0.1"]
         apiserver, apiserver_key = issue(ca_cert, ca_key, "kube-apiserver", dns=(name, *dns_names), ips=tuple(ips),
-                                         server=True)
-        etcd, etcd_key = issue(ca_cert, ca_key, name, dns=(name, "localhost"), ips=(*addresses, "127.0.0.1"),
-                               server=True, client=True)
-        etcd_client, etcd_client_key = issue(ca_cert, ca_key, "kube-apiserver-etcd-client", client=True)
+                                         server=True, days=days)
+        etcd, etcd_key = issue(etcd_ca_cert, etcd_ca_key, name, dns=(name, "localhost"),
+                               ips=(*addresses, "127.0.0.1"), server=True, client=True, days=days)
+        etcd_client, etcd_client_key = issue(etcd_ca_cert, etcd_ca_key, "kube-apiserver-etcd-client", client=True,
+                                             days=days)
         certs[name] = {"apiserver.crt": _pem_cert(apiserver), "etcd.crt": _pem_cert(etcd),
                        "apiserver-etcd-client.crt": _pem_cert(etcd_client)}
         keys[name] = {"apiserver.key": _pem_key(apiserver_key), "etcd.key": _pem_key(etcd_key),
@@ -158,36 +199,68 @@ def _node_leaves(props: dict, ca_cert, ca_key) -> tuple[dict, dict]:
 
 
 class ClusterCaProvider(ResourceProvider):
-    """The CA, the service-account key and the admin client certificate: made once, kept for the resource's life."""
+    """The cluster CA, etcd's own CA and the service-account key, made once and kept for the resource's life, and
+    the admin client certificate, renewed under the same CA when it is due. A state made before etcd had its own CA
+    gets one by an update (the cluster CA and the service-account key kept)."""
+
+    @staticmethod
+    def _admin(props: dict, ca_cert, ca_key) -> tuple[str, str]:
+        admin, admin_key = issue(ca_cert, ca_key, f"{props['cluster']}-admin", org="system:masters", client=True,
+                                 days=lifetime(props)[0])
+        return _pem_cert(admin), _pem_key(admin_key)
 
     def create(self, props):
         cluster = props["cluster"]
         ca_cert, ca_key = make_ca(cluster)
+        etcd_ca_cert, etcd_ca_key = make_ca(cluster, "etcd-ca")
         sa_key = _key()
-        admin, admin_key = issue(ca_cert, ca_key, f"{cluster}-admin", org="system:masters", client=True)
+        admin, admin_key = self._admin(props, ca_cert, ca_key)
         return CreateResult(id_=f"ca-{cluster}", outs={
-            "cluster": cluster,
-            "certs": {"ca.crt": _pem_cert(ca_cert), "sa.pub": _pem_pub(sa_key), "admin.crt": _pem_cert(admin)},
-            "keys": {"ca.key": _pem_key(ca_key), "sa.key": _pem_key(sa_key), "admin.key": _pem_key(admin_key)},
+            **{k: props[k] for k in CA_INPUT_KEYS if k in props},
+            "certs": {"ca.crt": _pem_cert(ca_cert), "etcd-ca.crt": _pem_cert(etcd_ca_cert), "sa.pub": _pem_pub(sa_key),
+                      "admin.crt": admin},
+            "keys": {"ca.key": _pem_key(ca_key), "etcd-ca.key": _pem_key(etcd_ca_key), "sa.key": _pem_key(sa_key),
+                     "admin.key": admin_key},
         })
 
+    def update(self, _id, olds, news):
+        """The admin certificate reissued (renewal, or a new life); the CAs and the service-account key kept, and
+        etcd's own CA made where the state has none yet."""
+        certs, keys = dict(olds["certs"]), dict(olds["keys"])
+        if "etcd-ca.crt" not in certs:
+            etcd_ca_cert, etcd_ca_key = make_ca(news["cluster"], "etcd-ca")
+            certs["etcd-ca.crt"], keys["etcd-ca.key"] = _pem_cert(etcd_ca_cert), _pem_key(etcd_ca_key)
+        certs["admin.crt"], keys["admin.key"] = self._admin(news, _load_cert(certs["ca.crt"]), _load_key(keys["ca.key"]))
+        return UpdateResult(outs={**{k: news[k] for k in CA_INPUT_KEYS if k in news}, "certs": certs, "keys": keys})
+
     def diff(self, _id, olds, news):
-        replace = olds.get("cluster") != news.get("cluster")
-        return DiffResult(changes=replace, replaces=["cluster"] if replace else [], delete_before_replace=False)
+        if olds.get("cluster") != news.get("cluster"):
+            return DiffResult(changes=True, replaces=["cluster"], delete_before_replace=False)
+        certs = olds.get("certs") or {}
+        changed = lifetime(olds) != lifetime(news) or "etcd-ca.crt" not in certs or bool(
+            expiring({"admin.crt": certs.get("admin.crt")}, lifetime(news)[1]))
+        return DiffResult(changes=changed, replaces=[], delete_before_replace=False)
 
     def read(self, id_, props):
         return ReadResult(id_=id_, outs=props)  # lives in the state only
 
 
 class ClusterCa(pulumi.dynamic.Resource, module="pki", name="ClusterCa"):
-    """Outputs: `certs` (ca.crt, sa.pub, admin.crt) and `keys` (ca.key, sa.key, admin.key; secret)."""
+    """Outputs: `certs` (ca.crt, etcd-ca.crt, sa.pub, admin.crt) and `keys` (ca.key, etcd-ca.key, sa.key, admin.key;
+    secret)."""
 
     certs: pulumi.Output[dict]
     keys: pulumi.Output[dict]
 
-    def __init__(self, resource_name: str, *, cluster: str, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, resource_name: str, *, cluster: str, validity_days: float = LEAF_DAYS,
+                 renew_before_days: float = RENEW_BEFORE_DAYS, opts: Optional[pulumi.ResourceOptions] = None):
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["keys"]))
-        super().__init__(ClusterCaProvider(), resource_name, {"cluster": cluster, "certs": None, "keys": None}, opts)
+        super().__init__(ClusterCaProvider(), resource_name, {
+            "cluster": cluster, "validityDays": validity_days, "renewBeforeDays": renew_before_days,
+            "certs": None, "keys": None}, opts)
+
+
+CA_INPUT_KEYS = ("cluster", "validityDays", "renewBeforeDays")
 
 
 class NodeCertificatesProvider(ResourceProvider):
@@ -197,7 +270,7 @@ class NodeCertificatesProvider(ResourceProvider):
     def _outs(self, props: dict) -> dict:
         ca = props["ca"]
         certs, keys = _node_leaves(props, _load_cert(ca["crt"]), _load_key(ca["key"]))
-        return {**{k: props.get(k) for k in INPUT_KEYS}, "certs": certs, "keys": keys}
+        return {**{k: props.get(k) for k in (*INPUT_KEYS, *LIFETIME_KEYS)}, "certs": certs, "keys": keys}
 
     def create(self, props):
         return CreateResult(id_=f"certs-{props['cluster']}", outs=self._outs(props))
@@ -207,13 +280,21 @@ class NodeCertificatesProvider(ResourceProvider):
 
     def diff(self, _id, olds, news):
         changed = [k for k in INPUT_KEYS if plain(olds.get(k)) != plain(news.get(k))]
+        if lifetime(olds) != lifetime(news):
+            changed.append("validityDays")
+        leaves = {f"{node}/{name}": pem for node, files in (olds.get("certs") or {}).items()
+                  for name, pem in (files or {}).items()}
+        if expiring(leaves, lifetime(news)[1]):
+            changed.append("certs")  # renewal: due within renewBeforeDays
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def read(self, id_, props):
         return ReadResult(id_=id_, outs=props)
 
 
-INPUT_KEYS = ("cluster", "ca", "nodes", "endpoints", "dnsNames", "serviceIP")
+INPUT_KEYS = ("cluster", "ca", "etcdCa", "nodes", "endpoints", "dnsNames", "serviceIP")
+# Compared through lifetime(): states written before renewal existed have neither key.
+LIFETIME_KEYS = ("validityDays", "renewBeforeDays")
 
 
 class NodeCertificates(pulumi.dynamic.Resource, module="pki", name="NodeCertificates"):
@@ -224,8 +305,13 @@ class NodeCertificates(pulumi.dynamic.Resource, module="pki", name="NodeCertific
 
     def __init__(self, resource_name: str, *, cluster: str, ca: pulumi.Input[dict], nodes: pulumi.Input[list],
                  endpoints: pulumi.Input[list], dns_names: pulumi.Input[list], service_ip: str,
+                 etcd_ca: Optional[pulumi.Input[dict]] = None,
+                 validity_days: float = LEAF_DAYS, renew_before_days: float = RENEW_BEFORE_DAYS,
                  opts: Optional[pulumi.ResourceOptions] = None):
-        props = {"cluster": cluster, "ca": pulumi.Output.secret(ca), "nodes": nodes, "endpoints": endpoints,
-                 "dnsNames": dns_names, "serviceIP": service_ip, "certs": None, "keys": None}
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["keys", "ca"]))
+        props = {"cluster": cluster, "ca": pulumi.Output.secret(ca),
+                 "etcdCa": pulumi.Output.secret(etcd_ca) if etcd_ca is not None else None, "nodes": nodes,
+                 "endpoints": endpoints,
+                 "dnsNames": dns_names, "serviceIP": service_ip, "validityDays": validity_days,
+                 "renewBeforeDays": renew_before_days, "certs": None, "keys": None}
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["keys", "ca", "etcdCa"]))
         super().__init__(NodeCertificatesProvider(), resource_name, props, opts)

@@ -3,6 +3,7 @@
   python scripts/config_tools.py schema [--check]   write docs/config.schema.json and docs/config.md from spec.py
                                                   (--check: exit 1 when they are not current)
   python scripts/config_tools.py validate STACK     check stacks/Pulumi.STACK.yaml with the same messages as preview
+                                                  (STACK may be the path of a Pulumi.<stack>.yaml elsewhere)
 """
 
 from __future__ import annotations
@@ -286,10 +287,21 @@ def _kind(value) -> str:
                                                                                            type(value).__name__)
 
 
+def stack_file(stack: str) -> tuple[str, str]:
+    """A stack name (its file in stacks/) or the path of a stack file (`Pulumi.<stack>.yaml` anywhere): the
+    path and the stack's name."""
+    if os.sep in stack or stack.endswith(".yaml"):
+        base = os.path.basename(stack)
+        name = base[len("Pulumi."):-len(".yaml")] if base.startswith("Pulumi.") and base.endswith(".yaml") else base
+        return os.path.abspath(stack), name
+    return os.path.join(ROOT, "stacks", f"Pulumi.{stack}.yaml"), stack
+
+
 def cmd_validate(stack: str) -> int:
-    path = os.path.join(ROOT, "stacks", f"Pulumi.{stack}.yaml")
+    path, stack = stack_file(stack)
+    shown = os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
     if not os.path.exists(path):
-        print(f"no stack config {os.path.relpath(path, ROOT)}", file=sys.stderr)
+        print(f"no stack config {shown}", file=sys.stderr)
         return 2
     try:
         values = load_stack_file(path)
@@ -298,9 +310,9 @@ def cmd_validate(stack: str) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     except spec.SpecError as exc:
-        print(f"{os.path.relpath(path, ROOT)}: {exc}", file=sys.stderr)
+        print(f"{shown}: {exc}", file=sys.stderr)
         return 1
-    print(f"{os.path.relpath(path, ROOT)}: valid ({len(parsed.instance_groups)} instance group(s), "
+    print(f"{shown}: valid ({len(parsed.instance_groups)} instance group(s), "
           f"{len(parsed.load_balancers)} load balancer(s)); server-side checks (extensions, networks, VIPs, "
           "images) run at preview")
     return 0

@@ -26,6 +26,52 @@ POOL = os.environ.get("CPLB_POOL", "cplb")
 BRIDGE = os.environ.get("CPLB_BRIDGE", "cplbbr0")
 
 
+# Tests run in parallel (pytest-xdist, scripts/run-tests). Every worker takes its own share of the bridge's VIPs and
+# VRRP router IDs, so two pairs of different tests never claim one address or one router ID on the same bridge.
+# Reserved: the addresses and IDs that modules and benchmarks fix (test_rollout 40/140, bench/rollout 42/142,
+# test_ovn_oci_external 98, the preview-only and DNS-record examples 9, 61, 77), and the default router ID 51.
+_RESERVED_VIPS = {9, 40, 42, 61, 77, 98}
+_RESERVED_ROUTER_IDS = {51, 140, 142}
+
+
+def run_dir() -> str:
+    """A directory of this run's own, shared by its workers (tests/conftest.py makes it and removes it)."""
+    return os.environ.get("CPLB_TEST_RUN_DIR") or tempfile.gettempdir()
+
+
+def _worker() -> tuple[int, int]:
+    """(this worker's index, the number of workers); (0, 1) outside pytest-xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name[2:] or 0), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
+def _share(first: int, last: int, reserved: set[int]):
+    import itertools
+    import random
+
+    index, count = _worker()
+    mine = [n for n in range(first, last + 1) if n not in reserved][index::count]
+    start = random.randrange(len(mine))  # another run's leftovers (a killed run) are less likely to be next
+    return itertools.cycle(mine[start:] + mine[:start])
+
+
+_vips = _share(2, 99, _RESERVED_VIPS)  # below the bridge's DHCP range (198.18.10.100-199)
+_router_ids = _share(100, 250, _RESERVED_ROUTER_IDS)
+_share_lock = threading.Lock()
+
+
+def fresh_vip() -> str:
+    """A VIP on the project bridge that no other test of this run holds (this worker's share, in turn)."""
+    with _share_lock:
+        return f"198.18.10.{next(_vips)}"
+
+
+def fresh_router_id() -> int:
+    """A VRRP router ID that no other test of this run uses on the bridge."""
+    with _share_lock:
+        return next(_router_ids)
+
+
 def unique_stack(prefix: str = "it") -> str:
     return f"{prefix}{secrets.token_hex(3)}"
 
@@ -38,6 +84,34 @@ def incus():
 
 def instances_with_prefix(prefix: str) -> dict[str, dict]:
     return {i["name"]: i for i in incus().list_instances() if i["name"].startswith(prefix + "-")}
+
+
+def volumes_with_prefix(prefix: str, pool: str = POOL) -> list[str]:
+    """Custom volumes `<prefix>-...` in the pool (instances' state volumes)."""
+    found = incus().call("GET", f"storage-pools/{pool}/volumes/custom") or []
+    names = [url.rstrip("/").rsplit("/", 1)[-1] for url in found]
+    return sorted(n for n in names if n.startswith(prefix + "-"))
+
+
+def delete_volume(name: str, pool: str = POOL) -> None:
+    from providers.incus_client import IncusError
+
+    try:
+        incus().call("DELETE", f"storage-pools/{pool}/volumes/custom/{name}")
+    except IncusError as exc:
+        if exc.status != 404:
+            raise
+
+
+def build_image_version(name: str, variant: Optional[str] = None) -> str:
+    """scripts/build-image NAME [--variant V]: a new version of cplb/NAME beside the old ones (the files are the
+    same, the variant makes it another version). Returns the fingerprint `cplb/NAME` names after it."""
+    import subprocess
+
+    subprocess.run(["nice", "-n", "10", os.path.join(ROOT, "scripts", "build-image"), name,
+                    *(["--variant", variant] if variant else [])],
+                   check=True, capture_output=True, text=True)
+    return incus().call("GET", f"images/aliases/cplb/{name}")["target"]
 
 
 def eth0_addresses(inst: dict) -> list[str]:
@@ -69,6 +143,31 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
         time.sleep(interval)
 
 
+def _yielding_pulumi_bin() -> str:
+    """A directory whose `pulumi` runs the project's CLI at a lower CPU priority (nice 10; the language host, the
+    program and its providers inherit it). Tests run side by side on a 2-core machine: the harness's own Pulumi runs
+    yield to what the tests measure (keepalived's adverts, haproxy, etcd, the probes), which run at the normal one."""
+    import hashlib
+
+    checkout = hashlib.sha256(TOOLS_BIN.encode()).hexdigest()[:12]  # one per checkout: each runs its own CLI
+    directory = os.path.join(tempfile.gettempdir(), f"cplb-nice-bin-{os.getuid()}-{checkout}")
+    wrapper = os.path.join(directory, "pulumi")
+    text = f'#!/bin/sh\nexec nice -n 10 {os.path.join(TOOLS_BIN, "pulumi")} "$@"\n'
+    try:
+        with open(wrapper) as f:
+            if f.read() == text:
+                return directory
+    except OSError:
+        pass
+    os.makedirs(directory, exist_ok=True)
+    temporary = f"{wrapper}.{os.getpid()}"
+    with open(temporary, "w") as f:
+        f.write(text)
+    os.chmod(temporary, 0o755)
+    os.replace(temporary, wrapper)  # workers write it at once: each one a whole file
+    return directory
+
+
 class ProjectCopy:
     """A copy of the Pulumi program in a temp dir, with its own backend and PULUMI_HOME."""
 
@@ -83,7 +182,7 @@ class ProjectCopy:
         os.makedirs(os.path.join(self.dir, "stacks"))
         os.makedirs(os.path.join(self.dir, ".backend"))
         self.env = {
-            "PATH": f"{TOOLS_BIN}:{os.environ['PATH']}",
+            "PATH": f"{_yielding_pulumi_bin()}:{TOOLS_BIN}:{os.environ['PATH']}",
             "PULUMI_HOME": os.path.join(self.dir, ".pulumi-home"),
             "PULUMI_BACKEND_URL": f"file://{self.dir}/.backend",
             "PULUMI_CONFIG_PASSPHRASE": "incus-cplb-test",
@@ -141,8 +240,11 @@ def demo_group(count: int = 3, name: str = "demo-cp", cluster: str = "itdemo", r
 def pulumi_stack(values: dict, prefix: str = "it", leftovers=None):
     """A fresh stack; destroyed (and checked empty) afterwards even when the test fails. `leftovers(name)` deletes
     what a failed destroy left (default: instances `<name>-*` on this machine's Incus)."""
+    from tests import leftovers as killed_runs
+
     project = ProjectCopy()
     name = unique_stack(prefix)
+    killed_runs.register(name, project.dir)  # a killed run's next run removes what this stack left
     stack = project.stack(name, values)
     try:
         yield project, name, stack
@@ -154,7 +256,10 @@ def pulumi_stack(values: dict, prefix: str = "it", leftovers=None):
                 leftovers(name)
             for inst in instances_with_prefix(name):  # never leave instances behind a failed test
                 incus().delete_instance(inst)
+            for volume in volumes_with_prefix(name):  # nor their state volumes
+                delete_volume(volume)
             project.cleanup()
+            killed_runs.unregister(name)
 
 
 def launch_external(name: str, labels: dict, image: str = "cplb/demo-apiserver", network: str = BRIDGE) -> str:
@@ -187,10 +292,13 @@ def set_label(name: str, key: str, value, client=None) -> None:
 
 
 class Load:
-    """A bounded HTTP client on new connections, in a thread: counts answers by body and failures."""
+    """An HTTP client on new connections, in a thread, for the length of a `with` block: counts answers by body and
+    failures. It runs until the block ends (and at least `min_requests`); if it ends first (`max_seconds`, or
+    `max_requests` when given), the block's end raises, since the figures would not cover what the block did (a
+    faster machine once made 50,000 requests before a rollout's last member came in)."""
 
-    def __init__(self, endpoint: str, min_requests: int = 2000, max_requests: int = 50000, max_seconds: float = 180,
-                 retries: int = 0):
+    def __init__(self, endpoint: str, min_requests: int = 2000, max_requests: int | None = None,
+                 max_seconds: float = 300, retries: int = 0):
         import collections
         import threading
 
@@ -208,7 +316,7 @@ class Load:
         host, port = self.endpoint.rsplit(":", 1)
         start = time.monotonic()
         n = 0
-        while n < self.max_requests and time.monotonic() - start < self.max_seconds:
+        while (self.max_requests is None or n < self.max_requests) and time.monotonic() - start < self.max_seconds:
             if self.stop.is_set() and n >= self.min_requests:
                 break
             n += 1
@@ -237,9 +345,13 @@ class Load:
         self.thread.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
+        ended_first = not self.thread.is_alive()
         self.stop.set()
         self.thread.join()
+        if exc_type is None and ended_first:
+            raise AssertionError(f"the load ended ({self.total} requests) before the block it measures: raise "
+                                 f"max_seconds ({self.max_seconds}) or max_requests ({self.max_requests})")
 
 
 def service_down(instance: str, service: str) -> None:

@@ -1,4 +1,4 @@
-"""kubectl through a balancer's endpoint, with TLS verified against the cluster CA (never skipped)."""
+"""kubectl through a balancer's endpoint, with TLS verified against what etcd trusts.(never skipped)."""
 
 from __future__ import annotations
 
@@ -139,6 +139,9 @@ class ApiLoad(Background):
         self.lock = threading.Lock()
         self.counts = {"ok": 0, "failed": 0, "retry_after": 0, "reconnects": 0}
         self.errors: list[str] = []
+        self.failed_at: list[float] = []  # time.monotonic() of each recorded error, to set against a test's events
+        # Failures by connection: `fresh` (a new TLS connection per request) and `kept` (the kept-alive one).
+        self.failed_on = {"fresh": 0, "kept": 0}
         self.stop_event = threading.Event()
         self.threads = [threading.Thread(target=self._fresh, daemon=True),
                         threading.Thread(target=self._kept, daemon=True)]
@@ -165,7 +168,7 @@ class ApiLoad(Background):
         body = r.read()
         return r.status, {"retry-after": r.getheader("Retry-After"), "body": body[:200]}
 
-    def _request(self, conn, reused: bool):
+    def _request(self, conn, reused: bool, kind: str = "fresh"):
         """One logical request; returns the connection to keep (or None)."""
         import http.client
         import time as _time
@@ -185,7 +188,7 @@ class ApiLoad(Background):
                 if reused and attempt == 0:  # closed by the server between requests: Go retries at once
                     self._count("reconnects")
                     continue
-                self._fail(f"{type(exc).__name__}: {exc}")
+                self._fail(f"{type(exc).__name__}: {exc}", kind)
                 return None
             if status == 429 and info["retry-after"] and attempt < 2:
                 self._count("retry_after")
@@ -195,7 +198,7 @@ class ApiLoad(Background):
             if 200 <= status < 300:
                 self._count("ok")
                 return conn
-            self._fail(f"HTTP {status}: {info['body']!r}")
+            self._fail(f"HTTP {status}: {info['body']!r}", kind)
             return conn
         return conn
 
@@ -203,11 +206,15 @@ class ApiLoad(Background):
         with self.lock:
             self.counts[key] += 1
 
-    def _fail(self, why: str):
+    def _fail(self, why: str, kind: str = "fresh"):
+        import time as _time
+
         with self.lock:
             self.counts["failed"] += 1
+            self.failed_on[kind] += 1
             if len(self.errors) < 20:
                 self.errors.append(why)
+                self.failed_at.append(_time.monotonic())
 
     def _fresh(self):
         import time as _time
@@ -225,7 +232,7 @@ class ApiLoad(Background):
         deadline = _time.monotonic() + self.max_seconds
         conn = None
         while not self.stop_event.is_set() and _time.monotonic() < deadline:
-            conn = self._request(conn, reused=conn is not None)
+            conn = self._request(conn, reused=conn is not None, kind="kept")
             _time.sleep(self.interval)
 
     def cleanup(self):
@@ -330,3 +337,27 @@ class WatchProbe(Background):
         times = [t for t in self.arrivals if t >= since]
         return max((b - a for a, b in zip(times, times[1:])), default=float("inf"))
 
+
+
+def etcd_members(instance: str, address: str) -> list[dict]:
+    """etcd's own member list (its v3 JSON gateway, `POST /v3/cluster/member/list`), asked of one member with the
+    API server's etcd client certificate, pulled from the instance, TLS verified against what etcd trusts."""
+    import json as _json
+    import ssl
+    import urllib.request
+
+    from providers.memfile import MemFile
+    from tests.helpers import incus
+
+    client = incus()
+    pem = client.pull_file(instance, "/etc/kubernetes/pki/apiserver-etcd-client.pem")[0]
+    # A cluster made before etcd had its own CA trusts the cluster CA (no etcd/ca.crt).
+    trust = client.pull_file(instance, "/etc/kubernetes/pki/etcd/ca.crt") or \
+        client.pull_file(instance, "/etc/kubernetes/pki/ca.crt")
+    ca = trust[0].decode()
+    ctx = ssl.create_default_context(cadata=ca)
+    with MemFile(pem) as key:
+        ctx.load_cert_chain(key.path)
+    request = urllib.request.Request(f"https://{address}:2379/v3/cluster/member/list", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, context=ctx, timeout=10) as resp:
+        return _json.loads(resp.read())["members"]

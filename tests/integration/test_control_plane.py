@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 
 import pytest
 
 from tests.helpers import (
+    fresh_router_id, fresh_vip,
     clients_reach_only, http_get, incus, instances_with_prefix, neighbour_mac, partition, pulumi_stack, vip_holders,
     wait_for,
 )
@@ -396,10 +396,10 @@ def test_lxc_pair_with_a_vip_the_certificate_follows(k8s):
     """lxc with 2 replicas and a VIP: the VIP joins the serving certificate (reissued, reloaded by the API servers
     without replacing an instance) and the kubeconfig names it; kubectl through it verifies TLS."""
     project, name, stack, result = k8s
-    vip = f"198.18.10.{random.randrange(30, 60)}"
+    vip = fresh_vip()
     before = {n: i["config"]["volatile.uuid"] for n, i in instances_with_prefix(f"{name}-x-cp").items()}
     up = switch_api_balancer(project, name, stack, type="lxc",
-                             lxc={"replicas": 2, "vip": vip, "virtualRouterID": random.randrange(100, 200)})
+                             lxc={"replicas": 2, "vip": vip, "virtualRouterID": fresh_router_id()})
     kube = kubectl_of(up)
     try:
         assert kube.server == f"https://{vip}:6443"
@@ -418,9 +418,9 @@ def test_keepalived_on_the_control_plane_nodes(k8s):
     /readyz (track script), haproxy on every node balances VIP:6443 to the API servers (verified against the CA).
     kubectl through the VIP; a rolling restart of every API server under load loses no request."""
     project, name, stack, result = k8s
-    vip = f"198.18.10.{random.randrange(60, 90)}"
+    vip = fresh_vip()
     up = switch_api_balancer(project, name, stack, type="keepalived", keepalived={
-        "mode": "userspace", "vrrpInstances": [{"virtualIPs": [f"{vip}/24"], "virtualRouterID": random.randrange(100, 200)}]})
+        "mode": "userspace", "vrrpInstances": [{"virtualIPs": [f"{vip}/24"], "virtualRouterID": fresh_router_id()}]})
     kube = kubectl_of(up)
     try:
         assert kube.server == f"https://{vip}:6443"

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from tests.helpers import (
+    fresh_router_id, fresh_vip,
     base_config, http_get, incus, instances_with_prefix, pulumi_stack, service_down, service_up, vip_holders, wait_for,
 )
 
@@ -39,8 +40,8 @@ def test_keepalived_vip_follows_api_server_health():
     from pulumi.automation import ConfigValue
 
     cluster = f"k{random.randrange(16**5):05x}"
-    vip = f"198.18.10.{random.randrange(20, 90)}"
-    vrid = random.randrange(100, 250)
+    vip = fresh_vip()
+    vrid = fresh_router_id()
     password = "Ka" + "".join(random.choice("abcdefghjkmnpqrstuvwxyz23456789") for _ in range(6))
     with pulumi_stack(config(cluster, vip, vrid)) as (project, name, stack):
         stack.set_config("cplb:loadBalancers[0].keepalived.vrrpInstances[0].authPass",
@@ -85,9 +86,9 @@ def test_keepalived_vip_follows_api_server_health():
 
         # Advert interval and VIP set change: config files update, no instance is replaced; keepalived reloads.
         uuids = {n: i["config"]["volatile.uuid"] for n, i in instances_with_prefix(name).items()}
-        extra = f"198.18.10.{random.randrange(20, 90)}"
+        extra = fresh_vip()
         while extra == vip:
-            extra = f"198.18.10.{random.randrange(20, 90)}"
+            extra = fresh_vip()
         project.write_stack_config(name, config(cluster, vip, vrid, advert=2, extra_vips=[f"{extra}/24"]))
         stack.set_config("cplb:loadBalancers[0].keepalived.vrrpInstances[0].authPass",
                          ConfigValue(password, secret=True), path=True)

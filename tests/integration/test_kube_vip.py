@@ -5,12 +5,12 @@ modules by scripts/setup."""
 
 from __future__ import annotations
 
-import random
 import time
 
 import pytest
 
 from tests.helpers import (
+    fresh_vip,
     base_config, clients_reach_only, incus, neighbour_mac, partition, pulumi_stack, vip_holders, wait_for,
 )
 from tests.k8s import Kubectl, real_control_plane
@@ -33,7 +33,7 @@ def single_holder(prefix: str, vip: str, settle: float = 3.0) -> list[str]:
 
 
 def test_kube_vip_holds_the_vip_and_moves_it_when_the_holder_crashes():
-    vip = f"198.18.10.{random.randrange(2, 30)}"
+    vip = fresh_vip()
     balancer = {"name": "api", "cluster": CLUSTER, "type": "external",
                 "external": {"endpoint": f"{vip}:6443", "kubeVip": {
                     "vip": vip, "leaseDurationSeconds": 5, "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}}}

@@ -13,6 +13,7 @@ import pytest
 from providers.incus_client import IncusError
 from providers.instance_file import InstanceFileProvider
 from tests.helpers import (
+    fresh_router_id, fresh_vip,
     Load, base_config, http_get, incus, instances_with_prefix, launch_external, pulumi_stack, set_label, vip_holders,
     wait_for,
 )
@@ -182,10 +183,10 @@ def test_ha_pair_moves_the_vip_when_the_holder_dies(control_plane):
     cluster, names, _ = control_plane
     from pulumi.automation import ConfigValue
 
-    vip = f"198.18.10.{random.randrange(20, 90)}"
+    vip = fresh_vip()
     password = "Vr" + "".join(random.choice("abcdefghjkmnpqrstuvwxyz23456789") for _ in range(6))
     with pulumi_stack(base_config(loadBalancers=[lxc_lb(cluster, replicas=2, vip=vip,
-                                                        virtualRouterID=random.randrange(100, 250))])) as (project, name, stack):
+                                                        virtualRouterID=fresh_router_id())])) as (project, name, stack):
         stack.set_config("cplb:loadBalancers[0].lxc.authPass", ConfigValue(password, secret=True), path=True)
         logs = []
         preview = stack.preview(on_output=logs.append, diff=True)
@@ -222,3 +223,33 @@ def test_ha_pair_moves_the_vip_when_the_holder_dies(control_plane):
         print(f"\nHA failover: endpoint answered again {failover:.2f}s after `stop --force` of {first}")
         assert answered, "the endpoint did not come back within 15 s"
         assert holders() == [f"{name}-api-haproxy-2"]
+
+
+def test_when_no_backend_passes_its_check_the_endpoint_fails_open(control_plane):
+    """Checks that all fail together (a cause they share, as a busy host or an etcd election is for every API server)
+    do not close the endpoint: haproxy sends connections to every backend that accepts them, round robin, and still
+    leaves out one that does not. With `failOpen: false` the endpoint refuses while no check passes."""
+    from health import haproxy_servers
+
+    cluster, names, _ = control_plane
+    lb = {**lxc_lb(cluster), "healthCheck": {"mode": "http", "path": "/readyz", "intervalSeconds": 1,
+                                               "rise": 1, "fall": 1}}
+    with pulumi_stack(base_config(loadBalancers=[lb])) as (project, name, stack):
+        ep = endpoint_of(stack.up(on_output=quiet))
+        balancer = f"{name}-api-haproxy-1"
+        uuid = incus().get_instance(balancer)["config"]["volatile.uuid"]
+        assert wait_for(lambda: haproxy_servers(incus(), balancer) == {n: True for n in names}, 20)
+        for n in names:  # every demo API server's /readyz answers 503 from now on, as in a shutdown delay
+            assert incus().exec(n, ["touch", "/run/cplb-shutting-down"])[0] == 0
+        assert wait_for(lambda: haproxy_servers(incus(), balancer) == {n: False for n in names}, 20)
+        got = answers(ep, 30)
+        assert None not in got and set(got) == set(names), got
+
+        incus().set_state(names[1], "stop", force=True)
+        assert wait_for(lambda: set(answers(ep, 12)) == {names[0], names[2]}, 20)
+
+        project.write_stack_config(name, base_config(loadBalancers=[
+            {**lb, "healthCheck": {**lb["healthCheck"], "failOpen": False}}]))
+        stack.up(on_output=quiet)
+        assert incus().get_instance(balancer)["config"]["volatile.uuid"] == uuid, "the balancer was replaced"
+        assert wait_for(lambda: answers(ep, 3) == [None, None, None], 10)

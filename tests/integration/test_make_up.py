@@ -9,6 +9,7 @@ import subprocess
 import pytest
 import yaml
 
+from tests import leftovers
 from tests.helpers import ROOT, ProjectCopy, incus, instances_with_prefix, unique_stack
 
 pytestmark = pytest.mark.integration
@@ -26,6 +27,7 @@ def test_make_up_ends_with_a_short_report():
     values = dev_config(cluster)
     project = ProjectCopy()
     name = unique_stack("mu")
+    leftovers.register(name, project.dir)
     project.write_stack_config(name, values)
     env = {**os.environ, **project.env, "CPLB_PROJECT_DIR": project.dir}
     try:
@@ -52,6 +54,7 @@ def test_make_up_ends_with_a_short_report():
             for inst in instances_with_prefix(name):
                 incus().delete_instance(inst)
             project.cleanup()
+            leftovers.unregister(name)
             kubeconfig = os.path.join(ROOT, ".state", "kubeconfig", f"{name}-{cluster}")
             if os.path.exists(kubeconfig):
                 os.unlink(kubeconfig)

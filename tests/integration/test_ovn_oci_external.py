@@ -9,8 +9,8 @@ import time
 import pytest
 
 from tests.helpers import (
-    ROOT, base_config, demo_group, http_get, incus, instances_with_prefix, pulumi_stack, service_down, service_up,
-    wait_for,
+    ROOT, base_config, demo_group, http_get, incus, instances_with_prefix, pulumi_stack, run_dir, service_down,
+    service_up, wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -24,11 +24,13 @@ def quiet(_):
 
 @pytest.fixture(scope="module")
 def ovn():
+    """A real OVN, up from the first module that needs it until the whole run ends: scripts/ovn-down restarts incusd
+    (which would cut every other test's Incus calls), so tests/conftest.py runs it once, after the last test."""
     t0 = time.monotonic()
     subprocess.run([os.path.join(ROOT, "scripts", "ovn-up")], check=True)
+    open(os.path.join(run_dir(), "ovn-up"), "w").close()
     print(f"\nOVN bring-up: {time.monotonic() - t0:.1f}s")
     yield
-    subprocess.run([os.path.join(ROOT, "scripts", "ovn-down")], check=False)
 
 
 def listen_address() -> str:

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.helpers import (
+    fresh_router_id, fresh_vip,
     ROOT, base_config, demo_group, http_get, incus, launch_external, pulumi_stack, set_label, wait_for,
 )
 from tests.integration.test_keepalived import config as keepalived_config
@@ -65,11 +66,11 @@ class Strategy:
         self.image = "cplb/demo-node" if kind == "keepalived" else "cplb/demo-apiserver"
         self.network = OVN_NETWORK if kind == "ovn" else None
         self.listen = listen_address() if kind == "ovn" else None
-        self.vip = f"198.18.10.{random.randrange(20, 90)}" if kind == "keepalived" else None
+        self.vip = fresh_vip() if kind == "keepalived" else None
 
     def values(self) -> dict:
         if self.kind == "keepalived":
-            return keepalived_config(self.cluster, self.vip, random.randrange(100, 250))
+            return keepalived_config(self.cluster, self.vip, fresh_router_id())
         group = demo_group(2, name="cp", cluster=self.cluster)
         lb = {"name": "api", "cluster": self.cluster, "type": self.kind,
               "healthCheck": {"mode": "tcp", "intervalSeconds": 1, "rise": 1, "fall": 2}}
@@ -147,6 +148,7 @@ def test_the_watch_follows_instances_launched_stopped_and_drained_by_hand(kind, 
     follows_without_up(kind, request)
 
 
+@pytest.mark.alone  # kills incusd
 def test_the_loop_coalesces_reconnects_and_ends_after_its_up():
     """A burst of 10 instance events within 2 s: at most 2 `up` runs. incusd killed and started again: the loop
     reconnects and the next change is reconciled. SIGTERM during an `up`: the `up` finishes, no lock is left."""
@@ -193,3 +195,47 @@ def test_the_loop_coalesces_reconnects_and_ends_after_its_up():
             if watch.proc.poll() is None:
                 watch.stop()
             incus().delete_instance(outside)
+
+
+def test_an_outside_rollout_under_the_watch_keeps_the_endpoint_serving():
+    """Cluster API's way of replacing control-plane machines, done by hand under `make watch`: for each member, a new
+    instance with the cluster's labels is started, and once the balancer serves it the old one is stopped and
+    deleted. New connections through the endpoint all the while: none fails, and at the end only the new members
+    answer."""
+    from tests.helpers import Load
+
+    s = Strategy("lxc", f"w{random.randrange(16**5):05x}")
+    # As a balancer in front of kube-apiserver checks it: /readyz, which the demo backend (like kube-apiserver) fails
+    # from the moment its graceful stop begins while it still serves (images/demo-apiserver, its shutdown delay).
+    lb = {"name": "api", "cluster": s.cluster, "type": "lxc",
+          "healthCheck": {"mode": "http", "path": "/readyz", "intervalSeconds": 1, "rise": 1, "fall": 1}}
+    with pulumi_stack(base_config(loadBalancers=[lb]), prefix="wr") as (project, name, stack):
+        old = [f"{name}-m{n}" for n in (1, 2)]
+        new = [f"{name}-n{n}" for n in (1, 2)]
+        watch = None
+        try:
+            for member in old:
+                launch_external(member, s.labels)
+            up = stack.up(on_output=quiet)
+            assert all(s.served(name, m) for m in old)
+            host, port = up.outputs["loadBalancers"].value["api"]["endpoint"].rsplit(":", 1)
+            watch = Watch(project, name)
+            with Load(f"{host}:{port}", min_requests=500) as load:
+                for before, after in zip(old, new):
+                    launch_external(after, s.labels)
+                    assert wait_for(lambda a=after: s.served(name, a) and s.answers_from(name, up, a), 90, 0.2), \
+                        watch.text()
+                    incus().set_state(before, "stop", timeout=30)
+                    incus().delete_instance(before)
+                    assert wait_for(lambda b=before: not s.served(name, b), 60, 0.2), watch.text()
+            assert wait_for(watch.idle, 120), watch.text()
+            print(f"\noutside rollout of 2 members under the watch: {load.total} requests, "
+                  f"{len(load.failures)} failed, answers {dict(load.answers)}")
+            assert load.failures == [], load.failures[:5]
+            assert set(new) <= set(load.answers) <= set(old) | set(new)
+            assert {http_get(host, int(port)) for _ in range(12)} == set(new)
+        finally:
+            if watch is not None:
+                assert watch.stop() == 0, watch.text()
+            for member in old + new:
+                incus().delete_instance(member)

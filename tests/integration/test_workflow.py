@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tests.helpers import (
+    fresh_router_id, fresh_vip,
     ROOT, base_config, demo_group, incus, pulumi_stack, service_down, service_up, set_label, wait_for,
 )
 
@@ -40,10 +41,10 @@ def test_preview_summary_for_each_change_kind_without_secrets():
     from pulumi.automation import ConfigValue
 
     cluster = f"w{random.randrange(16**5):05x}"
-    vip = f"198.18.10.{random.randrange(20, 90)}"
+    vip = fresh_vip()
     password = "Pw" + "".join(random.choice("abcdefghjkmnpqrstuvwxyz23456789") for _ in range(6))
     values = base_config(instanceGroups=[demo_group(2, name="cp", cluster=cluster)],
-                         loadBalancers=[lxc_lb(cluster, replicas=2, vip=vip, virtualRouterID=random.randrange(100, 250))])
+                         loadBalancers=[lxc_lb(cluster, replicas=2, vip=vip, virtualRouterID=fresh_router_id())])
     with pulumi_stack(values) as (project, name, stack):
         def set_secret():
             stack.set_config("cplb:loadBalancers[0].lxc.authPass", ConfigValue(password, secret=True), path=True)
@@ -65,16 +66,18 @@ def test_preview_summary_for_each_change_kind_without_secrets():
         assert "to update" in updated and "| update | `incus:Instance` | `cp-1` | `config` |" in updated
         assert "to replace" not in updated and "to delete" not in updated
 
-        # replace (the image) and delete (one instance fewer), replacements and deletions listed first
+        # replace (the instance type; a new image alone is a rebuild in place, an update) and delete (one instance
+        # fewer), replacements and deletions listed first
         group = demo_group(1, name="cp", cluster=cluster)
         group["instance"]["image"] = "cplb/demo-node"
+        group["instance"]["instanceType"] = "c1-m1"
         project.write_stack_config(name, {**values, "instanceGroups": [group]})
         set_secret()
         mixed = summary(project, name)
         assert "**Replacements and deletions**" in mixed
         first_table = mixed.split("**Replacements and deletions**")[1].split("**Changes**")[0]
         assert "| delete | `incus:Instance` | `cp-2` | removed from the config |" in first_table
-        assert "replace" in first_table and "`cp-1`" in first_table and "image" in first_table
+        assert "replace" in first_table and "`cp-1`" in first_table and "instanceType" in first_table
         assert mixed.index("Replacements and deletions") < mixed.index("<details>")
 
         for text in (created, updated, mixed):

@@ -15,11 +15,11 @@ def three_node_lxc(cluster: str) -> dict:
                        loadBalancers=[{"name": "api", "cluster": cluster, "type": "lxc"}])
 
 
-def start_cli_up(project, name: str, *, capture: bool) -> subprocess.Popen:
+def start_cli_up(project, name: str, *, capture: bool, env: dict | None = None) -> subprocess.Popen:
     """`pulumi up` as a CLI process in a session of its own, so a test can kill its group or wait for its output."""
     out = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.Popen(["pulumi", "up", "--yes", "--skip-preview", "--non-interactive", "--stack", name],
-                            cwd=project.dir, env={**os.environ, **project.env}, stdout=out,
+                            cwd=project.dir, env={**os.environ, **project.env, **(env or {})}, stdout=out,
                             stderr=subprocess.STDOUT if capture else subprocess.DEVNULL, text=True,
                             start_new_session=True)
 

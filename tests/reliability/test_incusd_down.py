@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import ROOT, incus, instances_with_prefix, pulumi_stack, wait_for
 from tests.reliability.interrupted import start_cli_up, three_node_lxc, up_converges
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 
 def incusd_pid() -> int:

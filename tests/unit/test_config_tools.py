@@ -1,7 +1,9 @@
 """docs/config.schema.json and docs/config.md are current; `make validate` speaks like preview."""
 
+import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -21,26 +23,25 @@ def test_schema_is_current():
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("stack", ["dev", "ovn", "keepalived", "dns"])
-def test_example_stacks_validate(stack):
+STACK_FILES = sorted(glob.glob(os.path.join(ROOT, "stacks", "Pulumi.*.yaml")))
+
+
+@pytest.mark.parametrize("path", STACK_FILES, ids=[os.path.basename(p) for p in STACK_FILES])
+def test_every_stack_file_validates(path):
+    stack = os.path.basename(path)[len("Pulumi."):-len(".yaml")]
     r = run("validate", stack)
     assert r.returncode == 0, r.stderr
     assert "valid" in r.stdout
 
 
-def test_validate_reports_like_preview(tmp_path, monkeypatch):
+def test_validate_reports_like_preview(tmp_path):
     import spec
-
-    bad = {"loadBalancers": [{"name": "api", "cluster": "demo", "type": "lxc", "ports": [{"name": "api", "port": 0}]}]}
-    path = os.path.join(ROOT, "stacks", "Pulumi.validate-test.yaml")
     import yaml
 
-    with open(path, "w") as f:
-        yaml.safe_dump({"config": {f"cplb:{k}": v for k, v in bad.items()}}, f)
-    try:
-        r = run("validate", "validate-test")
-    finally:
-        os.remove(path)
+    bad = {"loadBalancers": [{"name": "api", "cluster": "demo", "type": "lxc", "ports": [{"name": "api", "port": 0}]}]}
+    path = tmp_path / "Pulumi.validate-test.yaml"  # a stack file outside the working tree: no test writes there
+    path.write_text(yaml.safe_dump({"config": {f"cplb:{k}": v for k, v in bad.items()}}))
+    r = run("validate", str(path))
     assert r.returncode == 1
     with pytest.raises(spec.SpecError) as exc:
         spec.parse(bad)
@@ -53,8 +54,8 @@ def test_schema_accepts_the_example_stacks():
     import yaml
 
     schema = json.load(open(os.path.join(ROOT, "docs", "config.schema.json")))
-    for name in ("dev", "ovn", "keepalived", "dns"):
-        with open(os.path.join(ROOT, "stacks", f"Pulumi.{name}.yaml")) as f:
+    for path in STACK_FILES:
+        with open(path) as f:
             jsonschema.validate(yaml.safe_load(f), schema)
 
 
@@ -108,16 +109,28 @@ WRONG_SHAPES = [
 
 
 @pytest.mark.parametrize("text,words", WRONG_SHAPES, ids=[w[:30] for _, w in WRONG_SHAPES])
-def test_validate_refuses_a_stack_file_of_the_wrong_shape_without_a_traceback(text, words):
-    path = os.path.join(ROOT, "stacks", "Pulumi.shape-test.yaml")
-    with open(path, "w") as f:
-        f.write(text)
-    try:
-        # The bound is a hang guard, not a timing assertion: an unbounded alias bomb takes minutes and gigabytes.
-        r = subprocess.run([sys.executable, TOOLS, "validate", "shape-test"], capture_output=True, text=True,
-                           cwd=ROOT, timeout=120)
-    finally:
-        os.remove(path)
+def test_validate_refuses_a_stack_file_of_the_wrong_shape_without_a_traceback(text, words, tmp_path):
+    path = tmp_path / "Pulumi.shape-test.yaml"
+    path.write_text(text)
+    # The bound is a hang guard, not a timing assertion: an unbounded alias bomb takes minutes and gigabytes.
+    r = subprocess.run([sys.executable, TOOLS, "validate", str(path)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
     assert r.returncode == 1, r.stdout + r.stderr
     assert words in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and "ab!cdefg" not in r.stdout + r.stderr
+
+
+# A path the README or docs name, in backquotes: `stacks/Pulumi.oci.yaml`, `scripts/incus7-up --cluster`.
+NAMED_PATH = re.compile(r"`((?:stacks|scripts|bench|docs|tests|templates|images|components|providers)/[\w./+-]+)(?=[`\s])")
+
+
+def test_every_file_the_readme_and_docs_name_exists():
+    documents = [os.path.join(ROOT, "README.md"), *glob.glob(os.path.join(ROOT, "docs", "*.md"))]
+    missing = set()
+    for document in documents:
+        with open(document) as f:
+            for named in NAMED_PATH.findall(f.read()):
+                path = named.split("::")[0].rstrip(".")
+                if not glob.glob(os.path.join(ROOT, path)):
+                    missing.add(f"{os.path.relpath(document, ROOT)}: {named}")
+    assert not missing, sorted(missing)

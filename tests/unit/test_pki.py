@@ -68,7 +68,9 @@ def test_flags_files_refuse_a_value_that_would_add_a_word():
     cp = spec.parse({"controlPlanes": [{"name": "cp", "cluster": "demo"}]}).control_planes[0]
     text = render_flags(apiserver_flags("198.18.10.101", cp), "kube-apiserver.args")
     assert "--service-cluster-ip-range=198.19.0.0/24\n" in text and "--shutdown-delay-duration=5s\n" in text
-    render_flags(etcd_flags("s-cp-1", "198.18.10.101", [("s-cp-1", "198.18.10.101")], "s-demo"), "etcd.args")
+    render_flags(etcd_flags("s-cp-1", "198.18.10.101", "s-cp-1=https://198.18.10.101:2380", "s-demo"), "etcd.args")
+    with pytest.raises(ValueError, match="does not fit"):  # an initial cluster read from a member is checked too
+        render_flags(etcd_flags("s-cp-1", "198.18.10.101", "a=https://x:2380 --x=1", "s-demo"), "etcd.args")
     with pytest.raises(ValueError, match="does not fit"):
         render_flags(apiserver_flags("198.18.10.101 --anonymous-auth=true", cp), "kube-apiserver.args")
 
@@ -90,3 +92,126 @@ def test_control_plane_fields_are_checked():
     with pytest.raises(spec.SpecError, match="would both create the Incus instance"):
         spec.parse({"controlPlanes": [{"name": "api-haproxy", "cluster": "demo", "count": 1}],
                     "loadBalancers": [{"name": "api", "cluster": "demo", "type": "lxc"}]})
+
+
+# --- renewal, with a fixed clock --------------------------------------------------------------------------------
+
+def _clock(monkeypatch, at):
+    import providers.pki as pki
+
+    monkeypatch.setattr(pki, "_now", lambda: at)
+
+
+def test_node_certificates_renew_once_within_renew_before_days_and_not_before(monkeypatch):
+    import datetime
+
+    import providers.pki as pki
+
+    ca_cert, ca_key = pki.make_ca("c")
+    ca = {"crt": pki._pem_cert(ca_cert), "key": pki._pem_key(ca_key)}
+    props = {"cluster": "c", "ca": ca, "nodes": [{"name": "n1", "addresses": ["198.18.10.5"]}], "endpoints": [],
+             "dnsNames": [], "serviceIP": "198.19.0.1", "validityDays": 365, "renewBeforeDays": 30}
+    provider = pki.NodeCertificatesProvider()
+    olds = provider.create(props).outs
+    issued = pki._load_cert(olds["certs"]["n1"]["apiserver.crt"]).not_valid_after_utc
+    _clock(monkeypatch, issued - datetime.timedelta(days=31))
+    assert provider.diff("x", olds, dict(props)).changes is False
+    _clock(monkeypatch, issued - datetime.timedelta(days=29))
+    assert provider.diff("x", olds, dict(props)).changes is True
+    renewed = provider.update("x", olds, dict(props)).outs
+    assert renewed["certs"]["n1"]["apiserver.crt"] != olds["certs"]["n1"]["apiserver.crt"]
+    # Under the same CA, so every kubeconfig and peer still trusts it.
+    assert pki._load_cert(renewed["certs"]["n1"]["apiserver.crt"]).issuer == ca_cert.subject
+
+
+def test_a_state_from_before_renewal_existed_is_not_a_change(monkeypatch):
+    import providers.pki as pki
+
+    ca_cert, ca_key = pki.make_ca("c")
+    props = {"cluster": "c", "ca": {"crt": pki._pem_cert(ca_cert), "key": pki._pem_key(ca_key)},
+             "nodes": [{"name": "n1", "addresses": ["198.18.10.5"]}], "endpoints": [], "dnsNames": [],
+             "serviceIP": "198.19.0.1"}
+    provider = pki.NodeCertificatesProvider()
+    olds = provider.create(props).outs
+    assert provider.diff("x", olds, {**props, "validityDays": 365, "renewBeforeDays": 30}).changes is False
+    assert provider.diff("x", olds, {**props, "validityDays": 90, "renewBeforeDays": 30}).changes is True
+
+
+def test_the_admin_certificate_renews_under_the_same_ca_and_keeps_the_service_account_key(monkeypatch):
+    import datetime
+
+    import providers.pki as pki
+
+    provider = pki.ClusterCaProvider()
+    props = {"cluster": "c", "validityDays": 10, "renewBeforeDays": 2}
+    olds = provider.create(props).outs
+    expires = pki._load_cert(olds["certs"]["admin.crt"]).not_valid_after_utc
+    _clock(monkeypatch, expires - datetime.timedelta(days=3))
+    assert provider.diff("x", olds, dict(props)).changes is False
+    _clock(monkeypatch, expires - datetime.timedelta(days=1))
+    d = provider.diff("x", olds, dict(props))
+    assert d.changes is True and not d.replaces
+    new = provider.update("x", olds, dict(props)).outs
+    assert new["certs"]["ca.crt"] == olds["certs"]["ca.crt"] and new["keys"]["sa.key"] == olds["keys"]["sa.key"]
+    assert new["certs"]["admin.crt"] != olds["certs"]["admin.crt"]
+    assert pki._load_cert(new["certs"]["admin.crt"]).not_valid_after_utc > expires
+
+
+def test_renew_before_days_must_be_less_than_the_life():
+    import pytest
+
+    import spec
+
+    with pytest.raises(Exception, match="renewBeforeDays"):
+        spec.CertificatesSpec(validityDays=30, renewBeforeDays=30)
+
+
+ETCD_CA = {"crt": CA_OUTS["certs"]["etcd-ca.crt"], "key": CA_OUTS["keys"]["etcd-ca.key"]}
+
+
+def test_etcd_has_its_own_ca_so_no_kubernetes_client_certificate_opens_it(tmp_path):
+    """kubeadm's layout: etcd's server/peer certificate and the API server's etcd client certificate chain to etcd's
+    CA; the admin (system:masters) certificate and the API server's serving certificate do not."""
+    from providers.pki import issuer_cn
+
+    certs = NodeCertificatesProvider().create({**PROPS, "etcdCa": ETCD_CA}).outs["certs"]["s-cp-1"]
+    etcd_ca = ETCD_CA["crt"]
+    assert "OK" in verify(tmp_path, etcd_ca, certs["etcd.crt"], "sslserver")
+    assert "OK" in verify(tmp_path, etcd_ca, certs["apiserver-etcd-client.crt"], "sslclient")
+    assert "OK" not in verify(tmp_path, etcd_ca, CA_OUTS["certs"]["admin.crt"], "sslclient")
+    assert "OK" not in verify(tmp_path, etcd_ca, certs["apiserver.crt"], "sslclient")
+    assert "OK" in verify(tmp_path, CA["crt"], certs["apiserver.crt"], "sslserver")
+    assert issuer_cn(certs["etcd.crt"]) == "demo-etcd-ca" and issuer_cn(certs["apiserver.crt"]) == "demo-ca"
+
+
+def test_a_state_from_before_etcd_had_its_own_ca_gets_one_keeping_the_cluster_ca_and_service_account_key():
+    provider = ClusterCaProvider()
+    old = {**CA_OUTS, "certs": {k: v for k, v in CA_OUTS["certs"].items() if k != "etcd-ca.crt"},
+           "keys": {k: v for k, v in CA_OUTS["keys"].items() if k != "etcd-ca.key"}}
+    assert provider.diff("ca-demo", old, {"cluster": "demo"}).changes
+    new = provider.update("ca-demo", old, {"cluster": "demo"}).outs
+    assert new["certs"]["ca.crt"] == CA_OUTS["certs"]["ca.crt"] and new["keys"]["sa.key"] == CA_OUTS["keys"]["sa.key"]
+    assert "BEGIN CERTIFICATE" in new["certs"]["etcd-ca.crt"] and new["certs"]["etcd-ca.crt"] != CA_OUTS["certs"]["ca.crt"]
+    # Kept from then on: a state that has it is not a change, and an update keeps it.
+    assert not provider.diff("ca-demo", new, {"cluster": "demo"}).changes
+    assert provider.update("ca-demo", new, {"cluster": "demo"}).outs["certs"]["etcd-ca.crt"] == new["certs"]["etcd-ca.crt"]
+    # The nodes' certificates follow (an input appeared): reissued, etcd's from its own CA.
+    leaves = NodeCertificatesProvider()
+    assert leaves.diff("certs-demo", {**leaves.create(PROPS).outs}, {**PROPS, "etcdCa": ETCD_CA}).changes
+
+
+def test_a_cluster_whose_etcd_serves_a_cluster_ca_certificate_moves_in_two_steps():
+    from components.control_plane import etcd_ca_moving
+
+    class Served:
+        def __init__(self, issuers):
+            self.issuers = issuers
+
+        def served_certificate_issuer(self, name, port):
+            assert port == 2379
+            return self.issuers.get(name)
+
+    names = ["s-cp-1", "s-cp-2", "s-cp-3"]
+    assert not etcd_ca_moving("f", "demo", Served({}), names)  # a new cluster: its own CA from the start
+    assert etcd_ca_moving("f", "demo", Served({"s-cp-1": "demo-etcd-ca", "s-cp-2": "demo-ca"}), names)
+    assert not etcd_ca_moving("f", "demo", Served({n: "demo-etcd-ca" for n in names}), names)

@@ -21,6 +21,7 @@ def test_every_dynamic_resource_pickles_under_mocks():
     from providers.instance_file import InstanceFile, InstanceFileProvider
     from providers.network_lb import NetworkLoadBalancer, NetworkLoadBalancerProvider
     from providers.status import BalancerStatus, BalancerStatusProvider
+    from providers.volume import StorageVolume, StorageVolumeProvider
 
     pulumi.runtime.set_mocks(Mocks(), preview=False)
     conn = {"socket": "/nonexistent"}
@@ -30,8 +31,9 @@ def test_every_dynamic_resource_pickles_under_mocks():
     NetworkLoadBalancer("n", network="ovn0", listen_address="198.18.20.200", backends=[], ports=[], config={},
                         connection=conn, owner_stack="s", owner_id="lb/x")
     BalancerStatus("s", probe={"strategy": "lxc"}, trigger=["h"], connection=conn, credentials={})
+    StorageVolume("v", name="s-x-1-state", pool="cplb", connection=conn, owner_stack="s", owner_id="group/x")
     for provider in (InstanceProvider(), InstanceFileProvider(), NetworkLoadBalancerProvider(),
-                     BalancerStatusProvider()):
+                     BalancerStatusProvider(), StorageVolumeProvider()):
         blob = dill.dumps(provider, recurse=True)
         assert type(dill.loads(blob)) is type(provider)
 
@@ -373,7 +375,7 @@ def test_the_provider_plugin_loads_no_schema_templates_or_clients_until_it_needs
     import sys
 
     code = ("import sys; import providers.instance, providers.instance_file, providers.status, providers.dns_records, "
-            "providers.network_lb, providers.pki; "
+            "providers.network_lb, providers.pki, providers.volume, providers.rollout; "
             "print(' '.join(m for m in ('spec', 'pydantic', 'components', 'jinja2', 'pylxd', 'requests', "
             "'cryptography') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

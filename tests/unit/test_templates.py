@@ -88,6 +88,32 @@ def test_a_crashed_backend_is_marked_down_by_the_first_failed_connection(tmp_pat
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_a_checked_port_fails_open_to_its_servers_with_a_connect_check(tmp_path):
+    """With an http(s) check, each port's frontend falls back (while no server passes) to a backend of the same
+    servers with a connect check only; `failOpen: false` and tcp checks render none. haproxy accepts the file, and
+    the runtime API's rows of the fail-open backend are not the balancer's health."""
+    from components.haproxy import RenderedBackend, render_haproxy
+    from providers.haproxy_runtime import servers_in
+
+    def rendered(check: dict) -> str:
+        lb = spec.parse({"loadBalancers": [{"name": "api", "cluster": "demo", "type": "lxc", "healthCheck": check,
+                                            "ports": [{"name": "api", "port": 6443}]}]}).load_balancers[0]
+        return render_haproxy("s", lb, [RenderedBackend("cp-1", "198.18.10.101", ""),
+                                        RenderedBackend("cp-2", "198.18.10.102", "")])
+
+    text = rendered({"mode": "https"})
+    assert "use_backend be_api_open if { nbsrv(be_api) lt 1 }\n" in text, text
+    open_section = text.split("backend be_api_open\n", 1)[1].split("\n\n", 1)[0]
+    assert "check-ssl" not in open_section and "httpchk" not in open_section, open_section
+    assert servers_in(text) == {(b, s) for b in ("be_api", "be_api_open") for s in ("cp-1", "cp-2")}
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text)
+    r = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for check in ({"mode": "https", "failOpen": False}, {"mode": "tcp"}):
+        assert "_open" not in rendered(check), check
+
+
 def test_the_dns_proxy_uses_the_stack_connect_timeout(tmp_path):
     from components.dns import render_nginx
 

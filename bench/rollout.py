@@ -1,0 +1,130 @@
+"""What a client sees while the stack rolls to a new image: each rollout under the 10 ms prober of bench/failover.py
+(a new TLS connection every 10 ms asking GET /readyz of the real control plane behind the balancer) and an
+authenticated API load (tests/k8s.ApiLoad: new connections and one kept-alive connection).
+
+One stack, side by side in the same run: a real 3-member control plane behind two `lxc` balancers, a VRRP pair on a
+VIP and a single replica. Each run builds a new version of an image (scripts/build-image --variant) and runs
+`up` with CPLB_UPGRADE=1, as `make upgrade` does:
+- `cplb/haproxy`: both balancers roll in the same `up` (the pair standby first, the single one in place);
+- `cplb/control-plane`: the members roll one at a time behind both balancers.
+Reported per cell: the longest gap between answered probes (median and max over the runs), failed probes, failed API
+requests, and the `up`'s duration; beside it the all-at-once figure measured before rollouts existed (issue 27:
+5.2 s, 37 failed probes, for the pair).
+
+Run: python bench/rollout.py [--runs N] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.failover import Prober, outage  # noqa: E402
+from bench.report import emit  # noqa: E402
+from tests.helpers import base_config, build_image_version, pulumi_stack, wait_for  # noqa: E402
+from tests.k8s import ApiLoad, kubeconfig_ca, readyz_check, real_control_plane  # noqa: E402
+
+CLUSTER = "benchroll"
+VIP = "198.18.10.42"
+ALL_AT_ONCE_PAIR = "5.2 s, 37 failed probes (issue 27, before rollouts)"
+
+
+def quiet(_):
+    pass
+
+
+def values() -> dict:
+    api = {"ports": [{"name": "api", "port": 6443, "targetPort": 6443}], "healthCheck": readyz_check(),
+           "cluster": CLUSTER, "type": "lxc"}
+    haproxy = {"image": "cplb/haproxy", "limits": {"memory": "128MiB"}}
+    return base_config(controlPlanes=[real_control_plane("bcp", CLUSTER)], loadBalancers=[
+        {**api, "name": "pair", "lxc": {"replicas": 2, "vip": VIP, "virtualRouterID": 142,
+                                        "advertIntervalSeconds": 0.02, "instanceSpec": haproxy}},
+        {**api, "name": "single", "lxc": {"instanceSpec": haproxy}},
+    ])
+
+
+def one_rollout(stack, kubeconfig: str, endpoints: dict, image: str, variant: str, timeout: float) -> dict:
+    build_image_version(image, variant)
+    ca = kubeconfig_ca(kubeconfig)
+    probers = {label: Prober(host, port, ca, timeout=timeout) for label, (host, port) in endpoints.items()}
+    loads = {label: ApiLoad(kubeconfig, host, port) for label, (host, port) in endpoints.items()}
+    try:
+        for p in probers.values():
+            assert wait_for(p.steady, 20), "the endpoint never answered steadily before the rollout"
+        t0 = time.monotonic()
+        for load in loads.values():
+            load.__enter__()
+        stack.workspace.env_vars["CPLB_UPGRADE"] = "1"
+        try:
+            stack.up(on_output=quiet)
+        finally:
+            del stack.workspace.env_vars["CPLB_UPGRADE"]
+            for load in loads.values():
+                load.__exit__(None, None, None)
+        t1 = time.monotonic()
+        for p in probers.values():
+            wait_for(p.steady, 15)
+        return {label: {**outage(p.probes(t0 - 1, answered=True), t0, t1), "up": t1 - t0,
+                        "api_failed": loads[label].counts["failed"], "api_ok": loads[label].counts["ok"]}
+                for label, p in probers.items()}
+    finally:
+        for p in probers.values():
+            p.stop()
+
+
+def cell(runs: list[dict]) -> str:
+    gaps = [r["outage"] for r in runs]
+    return (f"longest gap median {statistics.median(gaps):.3f} s, max {max(gaps):.3f} s; failed probes "
+            f"{sum(r['failed'] for r in runs)}; failed API requests {sum(r['api_failed'] for r in runs)} of "
+            f"{sum(r['api_ok'] + r['api_failed'] for r in runs)}; `up` {statistics.median(r['up'] for r in runs):.1f} s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--record", action="store_true")
+    # A 2-core machine running two 3-member control planes is saturated while an image unpacks: with 200 ms, probes
+    # fail that a slow CPU, not the endpoint, kept waiting (tests/integration/test_rollout.py PROBE_TIMEOUT).
+    ap.add_argument("--timeout", type=float, default=1.0, help="a probe's patience in seconds")
+    args = ap.parse_args()
+    results: dict = {}
+    with pulumi_stack(values(), prefix="brl") as (_project, name, stack):
+        result = stack.up(on_output=quiet)
+        kubeconfig = result.outputs["clusters"].value[CLUSTER]["kubeconfig"]
+        lbs = result.outputs["loadBalancers"].value
+        endpoints = {label: (lbs[label]["endpoint"].rsplit(":", 1)[0], 6443) for label in ("pair", "single")}
+        for n in range(args.runs):
+            for image in ("haproxy", "control-plane"):
+                found = one_rollout(stack, kubeconfig, endpoints, image, f"bench-{name}-{n}", args.timeout)
+                for label, figures in found.items():
+                    results.setdefault((image, label), []).append(figures)
+                    print(f"run {n + 1} {image} via {label}: gap {figures['outage']:.3f} s, {figures['failed']} "
+                          f"failed probes, {figures['api_failed']} failed API requests, up {figures['up']:.1f} s",
+                          flush=True)
+    for image in ("control-plane", "haproxy"):
+        build_image_version(image)  # back to the checkout's recipes
+    pair, single = results[("haproxy", "pair")], results[("haproxy", "single")]
+    ratio = statistics.median(r["outage"] for r in single) / max(statistics.median(r["outage"] for r in pair), 1e-3)
+    rows = [
+        ("`cplb/haproxy` upgrade, lxc pair (VIP, advert 0.02 s)", cell(pair)),
+        ("`cplb/haproxy` upgrade, lxc single replica (rebuilt in place)", cell(single)),
+        ("single / pair, longest gap (median)", f"{ratio:.0f}x"),
+        ("lxc pair, all at once (before rollouts)", ALL_AT_ONCE_PAIR),
+        ("`cplb/control-plane` upgrade (3 members, one at a time), through the pair",
+         cell(results[("control-plane", "pair")])),
+        ("`cplb/control-plane` upgrade, through the single replica", cell(results[("control-plane", "single")])),
+    ]
+    emit(f"rolling image upgrades as a client sees them ({args.runs} runs per cell; a new TLS connection every 10 ms, "
+         f"{args.timeout:g} s timeout, plus an API load)", rows, args.record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

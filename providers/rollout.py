@@ -1,0 +1,72 @@
+"""When a member of a group (a control-plane node, a haproxy replica, a proxy node) may go down for an image upgrade,
+and when it is back: what a rolling rebuild in providers/instance.py waits on.
+
+The component says what healthy means for its members (`health`, plain data):
+- {"kind": "https", "port": 6443, "path": "/readyz", "caCert": PEM}: the API server is ready, its certificate
+  verified against the cluster CA (its /readyz includes its etcd member);
+- {"kind": "haproxy", "port": P, "vrrp": bool}: haproxy answers on the member's own address, its runtime API has a
+  server UP, and with VRRP keepalived runs and its check passes (so the member can take the VIP);
+- {"kind": "tcp", "port": P}: something answers on the port;
+- {} or no kind: the member runs and has its address.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from providers import haproxy_runtime
+from providers.incus_client import addresses_of
+from providers.probes import https_probe, tcp_probe
+
+POLL_SECONDS = 0.5
+
+
+def member_health(client, name: str, health: dict) -> tuple[bool, str]:
+    """(healthy, why not) of one member, read now."""
+    inst = client.get_instance(name)
+    if inst is None:
+        return False, "missing"
+    if inst.get("status") != "Running":
+        return False, inst.get("status", "not running").lower()
+    address = (addresses_of(inst).get("inet") or addresses_of(inst).get("inet6") or [""])[0]
+    if not address:
+        return False, "no address yet"
+    kind, port = health.get("kind"), int(health.get("port") or 0)
+    if kind == "https":
+        found = https_probe(address, port, health.get("path") or "/readyz", health.get("caCert") or "")
+        return found == "ok", f"{health.get('path')} on {address}:{port}: {found}"
+    if kind in ("tcp", "haproxy"):
+        found = tcp_probe(address, port, timeout=1.0)
+        if found != "ok":
+            return False, f"{address}:{port}: {found}"
+    if kind == "haproxy":
+        rows = haproxy_runtime.show_stat(client, name)
+        if not any(r.get("status", "").startswith("UP") for r in rows):
+            return False, "haproxy has no server UP yet"
+        if health.get("vrrp"):
+            # The check keepalived itself tracks (haproxy's monitor on loopback), asked with busybox nc: busybox wget
+            # segfaults when run through `incus exec` (seen with Debian 12's 1.35, for a 200 as for a refusal).
+            monitor = int(health.get("monitorPort") or 0)
+            rc, _, _ = client.exec(name, ["sh", "-c", "pidof keepalived >/dev/null && printf 'GET /healthz HTTP/1.0"
+                                                      f"\\r\\n\\r\\n' | nc -w 2 127.0.0.1 {monitor} | head -n 1 "
+                                                      "| grep -q ' 200 '"])
+            if rc != 0:
+                return False, "keepalived is not running, or its haproxy check fails"
+    return True, "healthy"
+
+
+def wait_healthy(client, names: list[str], health: dict, seconds: float) -> Optional[str]:
+    """Wait (bounded) until every member named is healthy; None when they are, else what the last look found."""
+    deadline = time.monotonic() + seconds
+    while True:
+        problems = []
+        for name in names:
+            ok, why = member_health(client, name, health)
+            if not ok:
+                problems.append(f"{name}: {why}")
+        if not problems:
+            return None
+        if time.monotonic() >= deadline:
+            return "; ".join(problems)
+        time.sleep(POLL_SECONDS)
