@@ -9,8 +9,9 @@ up:
 	@scripts/setup
 	@scripts/stack up $(STACK)
 
+# KUBE_VIP=1: also kube-vip and cplb/control-plane-kube-vip, the image a stack that runs kube-vip on its members needs.
 setup:
-	@scripts/setup
+	@scripts/setup $(if $(KUBE_VIP),--kube-vip,)
 
 # Roll the stack's instances to the newest version of their images, one member at a time (a rebuilt image never
 # reaches a running stack by itself). `make preview UPGRADE=1` shows the rollout first.
@@ -33,7 +34,9 @@ outputs:
 kubeconfig:
 	@scripts/kubeconfig $(STACK)
 
-test: setup
+# The suite runs kube-vip too: set-up builds it (once) before the tests.
+test:
+	@scripts/setup --kube-vip
 	@scripts/run-tests
 
 # Seconds per test module and per parallel group, from the last run's JUnit report (.state/test-report.xml).

@@ -84,6 +84,16 @@ for c in stack_spec.control_planes:
     except (ValueError, IncusError) as exc:  # a pre-flight refusal names its key path: no traceback
         raise pulumi.RunError(str(exc)) from None
 
+# The demo workload on the workers, written through the cluster's balanced endpoint.
+for c in stack_spec.control_planes:
+    cp = control_planes[c.cluster]
+    if c.workers.demo_workload and cp.workers is not None:
+        from components.workload import DemoWorkload, DemoWorkloadArgs
+
+        DemoWorkload(f"{c.cluster}-demo-workload", DemoWorkloadArgs(
+            stack=ctx.stack, cluster=c.cluster, kubeconfig=cp.kubeconfig,
+            after=[cp.workers, *[balancers[lb.name] for lb in stack_spec.load_balancers if lb.cluster == c.cluster]]))
+
 # Each balancer published into the cluster it serves, through the cluster's balanced endpoint.
 if stack_spec.kubernetes.publish:
     from components.publish import Publication, PublicationArgs, Published
@@ -97,7 +107,8 @@ if stack_spec.kubernetes.publish:
                        for lb in stack_spec.load_balancers if lb.cluster == cluster]))
 
 pulumi.export("clusters", {
-    cluster: {"controlPlane": cp.names, "addresses": cp.addresses, "kubeconfig": cp.kubeconfig}
+    cluster: {"controlPlane": cp.names, "addresses": cp.addresses, "kubeconfig": cp.kubeconfig,
+              "workers": cp.workers.names if cp.workers else []}
     for cluster, cp in control_planes.items()
 })
 pulumi.export("instanceGroups", {

@@ -219,6 +219,24 @@ class Facts:
                 raise
         return self._once(("image-meta", fingerprint), read) if fingerprint else {}
 
+    def worker_reservation(self, limits) -> tuple[str, str]:
+        """(memory, cpu) a worker's kubelet reserves so that its allocatable is what the worker may use: a node sees
+        the whole host, so everything beyond the instance's limits is reserved, plus 256 MiB for the node's own
+        kubelet and containerd."""
+        res = self._once(("resources",), lambda: self.client.call("GET", "resources", what="read the server's "
+                                                                   "resources") or {})
+        total = int((res.get("memory") or {}).get("total") or 0)
+        cpus = int((res.get("cpu") or {}).get("total") or 0)
+        limit = memory_bytes(limits.memory, total) if limits.memory else total
+        cpu_limit = cpu_count(limits.cpu) if limits.cpu else cpus
+        return str(max(0, total - limit) + 256 * 2 ** 20), str(max(0, cpus - cpu_limit))
+
+    def image_tools(self, field: str, alias: str) -> Optional[set[str]]:
+        """The binaries scripts/build-image put into the image behind `alias` (its `cplb.tools` property); None
+        for an image that does not say (imported, or built before the property)."""
+        props = self.image_meta(self.image_fingerprint(field, alias)).get("properties") or {}
+        return set(props["cplb.tools"].split()) if "cplb.tools" in props else None
+
     def image_created(self, fingerprint: str) -> str:
         """When a local image was made (ISO 8601, sorts by time); '' when it is gone."""
         return self.image_meta(fingerprint).get("created_at", "")
@@ -397,3 +415,24 @@ def kubernetes_access(field: str, kubeconfig: str, timeout: float = 5.0) -> None
                          "was created")
     if status >= 500:
         raise ValueError(f"{field}: the cluster answered {status}; nothing was created")
+
+
+_UNITS = {"B": 1, "kB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
+          "KiB": 2 ** 10, "MiB": 2 ** 20, "GiB": 2 ** 30, "TiB": 2 ** 40}
+
+
+def memory_bytes(value: str, total: int) -> int:
+    """Bytes of an Incus `limits.memory` (`1GiB`, `512MB`, `50%` of `total`), as spec.Limits allows them."""
+    number, unit = re.fullmatch(r"(\d+)(\D+)", value).groups()
+    return int(number) * total // 100 if unit == "%" else int(number) * _UNITS[unit]
+
+
+def cpu_count(value: str) -> int:
+    """CPUs of an Incus `limits.cpu`: a count (`2`) or a set (`0-1`, `0,2`)."""
+    if value.isdigit():
+        return int(value)
+    cpus = set()
+    for part in value.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return len(cpus)

@@ -263,6 +263,43 @@ class CertificatesSpec(Model):
         return self
 
 
+class WorkersSpec(Model):
+    """Worker nodes of the cluster (containerd, runc, CNI, kubelet and kube-proxy), which join through the
+    cluster's balanced endpoint (their kubeconfig names it, never a member), with node certificates from the
+    stack's PKI. Instances are `<stack>-<cluster>-node-<n>`, labelled `user.cluster-role=worker`."""
+
+    count: int = Field(0, ge=0, le=20, description="Worker nodes (0: none).")
+    instance: InstanceSpec = Field(
+        default_factory=lambda: InstanceSpec(image="cplb/worker", limits=Limits(memory="1GiB")),
+        description="How each worker is made (unprivileged, with nesting: pods are nested containers).")
+    pod_cidr: str = Field("198.19.128.0/17", alias="podCIDR", pattern=r"^[0-9.]+/[0-9]{1,2}$",
+                          description="The pods' addresses; each worker gets the next /24 of it for its pods.")
+    demo_workload: bool = Field(False, alias="demoWorkload", description="A DaemonSet `cplb-web` (namespace "
+                                "`cplb-demo`): every worker answers plain HTTP with its pod's name on its ports 80 "
+                                "and 443, for an ingress balancer to send to.")
+
+    @field_validator("pod_cidr")
+    @classmethod
+    def _network(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError(f"{show(value)} is not an IPv4 network (host bits must be zero)") from None
+        if not 12 <= net.prefixlen <= 22:
+            raise ValueError("podCIDR needs a prefix length of 12-22 (each worker takes a /24 of it)")
+        return str(net)
+
+    @model_validator(mode="after")
+    def _room(self):
+        if self.count and 2 ** (24 - ipaddress.IPv4Network(self.pod_cidr).prefixlen) <= self.count:
+            raise ValueError(f"podCIDR {self.pod_cidr} has room for fewer than {self.count} workers' /24s")
+        return self
+
+    def pod_subnet(self, n: int) -> str:
+        """The pods' /24 of worker n (1-based): the n-th, the network's first /24 left unused."""
+        return str(list(ipaddress.IPv4Network(self.pod_cidr).subnets(new_prefix=24))[n])
+
+
 class ControlPlaneSpec(Model):
     """A real Kubernetes control plane the stack owns, standing in for what Cluster API, kubeadm or k0s would
     create: `count` instances, each with a stacked etcd member and kube-apiserver, and a PKI made by the program.
@@ -285,6 +322,14 @@ class ControlPlaneSpec(Model):
                               description="Service cluster IP range (allocations only; no traffic goes there).")
     certificates: CertificatesSpec = Field(default_factory=CertificatesSpec,
                                            description="Life and renewal of the leaf certificates.")
+    workers: WorkersSpec = Field(default_factory=WorkersSpec, description="The cluster's worker nodes.")
+
+    @model_validator(mode="after")
+    def _pods_apart_from_services(self):
+        if self.workers.count and ipaddress.IPv4Network(self.service_cidr).overlaps(
+                ipaddress.IPv4Network(self.workers.pod_cidr)):
+            raise ValueError(f"workers.podCIDR {self.workers.pod_cidr} overlaps serviceCIDR {self.service_cidr}")
+        return self
 
     @field_validator("service_cidr")
     @classmethod

@@ -494,7 +494,7 @@ class control_plane:
     """A stack with the real 3-node control plane (on the project bridge, or an OVN network)."""
 
     def __init__(self, dns_server: dict, network: str = ""):
-        cp = real_control_plane("cp", CLUSTER)
+        cp = real_control_plane("cp", CLUSTER, image="cplb/control-plane-kube-vip")  # kube-vip is one of the cells
         if network:
             cp["instance"]["network"] = network
         self.project = ProjectCopy()

@@ -14,9 +14,7 @@ those balancers select these instances:
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
@@ -25,6 +23,7 @@ import pulumi
 
 import health
 from components.common import StackContext, instance_config
+from components.kubefiles import kubeconfig, render_flags
 from components.members import Members, build_members
 from providers.etcd_member import EtcdMember, EtcdPromotion
 from providers.instance_file import InstanceFile
@@ -41,6 +40,13 @@ ETCD_TRUST = f"{PKI}/etcd/ca.crt"
 ETCD_ARGS = "/etc/kubernetes/etcd.args"
 APISERVER_ARGS = "/etc/kubernetes/kube-apiserver.args"
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
+# kube-controller-manager and kube-scheduler, as kubeadm lays them out: each with its own kubeconfig (its own client
+# certificate, naming this member's API server) and, here, a flags file like the other services.
+CONTROLLERS = {
+    "kube-controller-manager": ("/etc/kubernetes/controller-manager.conf", "/etc/kubernetes/kube-controller-manager.args",
+                                "controller-manager"),
+    "kube-scheduler": ("/etc/kubernetes/scheduler.conf", "/etc/kubernetes/kube-scheduler.args", "scheduler"),
+}
 # A changed flags file takes effect when the service restarts (busybox init respawns it with the new flags). The
 # restart returns once a new process runs (etcd: its graceful stop hands leadership over first), so the rollout's
 # health wait that follows sees the new one, not the old one still answering.
@@ -142,7 +148,12 @@ def apiserver_flags(address: str, spec: ControlPlaneSpec, bind_all: bool = False
         f"--service-account-key-file={PKI}/sa.pem", f"--service-account-signing-key-file={PKI}/sa.pem",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-cluster-ip-range={spec.service_cidr}",
-        "--authorization-mode=RBAC",
+        # Nodes: the Node authorizer and NodeRestriction for the kubelets (system:node:<name>); the API server's own
+        # client certificate towards them, and their serving certificates verified against the cluster CA.
+        "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+        f"--kubelet-client-certificate={PKI}/apiserver-kubelet-client.pem",
+        f"--kubelet-client-key={PKI}/apiserver-kubelet-client.pem", f"--kubelet-certificate-authority={PKI}/ca.crt",
+        "--kubelet-preferred-address-types=InternalIP",
         # After SIGTERM, /readyz fails for this long while requests are still served; then in-flight requests
         # drain and new ones get 429 with Retry-After (which clients retry) until the listener closes.
         f"--shutdown-delay-duration={spec.shutdown_delay_seconds}s", "--shutdown-send-retry-after=true",
@@ -150,31 +161,17 @@ def apiserver_flags(address: str, spec: ControlPlaneSpec, bind_all: bool = False
     ]
 
 
-_FLAG = re.compile(r"--[a-z0-9-]+=[A-Za-z0-9._:/,=@\[\]-]*")
-
-
-def render_flags(flags: list[str], path: str) -> str:
-    """A flags file (one flag a line, read by the service script as words): every flag is checked against that
-    grammar before it is written, so no value can add a flag or a word."""
-    for flag in flags:
-        if not _FLAG.fullmatch(flag):
-            raise ValueError(f"refusing to write {path}: a flag does not fit `--name=value` without spaces or quotes")
-    return "\n".join(flags) + "\n"
-
-
-def kubeconfig(cluster: str, server: str, ca: str, cert: str, key: str) -> str:
-    import yaml
-
-    b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
-    doc = {
-        "apiVersion": "v1", "kind": "Config", "current-context": cluster,
-        "clusters": [{"name": cluster, "cluster": {"server": f"https://{server}",
-                                                   "certificate-authority-data": b64(ca)}}],
-        "users": [{"name": f"{cluster}-admin", "user": {"client-certificate-data": b64(cert),
-                                                          "client-key-data": b64(key)}}],
-        "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": f"{cluster}-admin"}}],
-    }
-    return yaml.safe_dump(doc, sort_keys=False)
+def controller_flags(service: str, spec: ControlPlaneSpec) -> list[str]:
+    """kube-controller-manager's or kube-scheduler's flags: leader-elected (one of them acts per cluster), serving
+    their health and metrics on loopback only, talking to this member's own API server (kubeadm's layout)."""
+    conf = CONTROLLERS[service][0]
+    common = [f"--kubeconfig={conf}", f"--authentication-kubeconfig={conf}", f"--authorization-kubeconfig={conf}",
+              "--bind-address=127.0.0.1", "--leader-elect=true", "--profiling=false", "--v=1"]
+    if service == "kube-scheduler":
+        return common
+    # No CA key on the members: the CSR signer stays off (nodes get their certificates from the stack's PKI).
+    return [*common, f"--root-ca-file={PKI}/ca.crt", f"--service-account-private-key-file={PKI}/sa.pem",
+            "--use-service-account-credentials=true", f"--service-cluster-ip-range={spec.service_cidr}"]
 
 
 def readyz(address: str, ca_pem: str, timeout: float = 2.0) -> bool:
@@ -384,6 +381,8 @@ class ControlPlane(pulumi.ComponentResource):
                     lambda v: v[0]["sa.pub"] + v[1]["sa.key"]), secret=True, mode="0600"),
                 push(node, inst, "apiserver-pem", f"{PKI}/apiserver.pem", pem(node, "apiserver"), secret=True,
                      mode="0600"),
+                push(node, inst, "apiserver-kubelet-client-pem", f"{PKI}/apiserver-kubelet-client.pem",
+                     pem(node, "apiserver-kubelet-client"), secret=True, mode="0600"),
                 *([] if moving else etcd_certificates(node, inst)),
             ]
             # etcd reads what it trusts only when it starts: a change restarts it, in the same member-by-member chain.
@@ -403,6 +402,18 @@ class ControlPlane(pulumi.ComponentResource):
             previous = [push(node, inst, "apiserver-args", APISERVER_ARGS, inst.address.apply(
                 lambda a: render_flags(apiserver_flags(a, spec, self._args.bind_all), APISERVER_ARGS)),
                 reload=RESTART_APISERVER, after=[*pki, trust, *started, *previous])]
+            # The controllers follow their API server. They read their kubeconfig once, so a renewed certificate
+            # restarts them (cheap: the other members' hold or take the leader lease meanwhile).
+            for service, (conf, args_path, stem) in CONTROLLERS.items():
+                again = restart(service)
+                conf_file = push(node, inst, f"{stem}-conf", conf, pulumi.Output.all(
+                    inst.address, self.ca_cert, self.certs.certs, self.certs.keys).apply(
+                    lambda v, node=node, stem=stem: kubeconfig(spec.cluster, f"{v[0]}:6443", v[1],
+                                                               v[2][node][f"{stem}.crt"], v[3][node][f"{stem}.key"],
+                                                               user=stem)),
+                    secret=True, mode="0600", reload=again, after=previous)
+                push(node, inst, f"{stem}-args", args_path,
+                     render_flags(controller_flags(service, spec), args_path), reload=again, after=[conf_file])
             # The admin kubeconfig at the path kubeadm uses, naming this node's own API server: what the kube-vip
             # static pod mounts for its leader election.
             push(node, inst, "admin-conf", ADMIN_CONF,
@@ -414,6 +425,14 @@ class ControlPlane(pulumi.ComponentResource):
             for node, inst in zip(self.names, self.instances):
                 etcd_certificates(node, inst, after=previous)
 
+        # The workers join through the endpoint clients use (`server`), once the members have their files.
+        self.workers = None
+        if spec.workers.count:
+            from components.workers import Workers, WorkersArgs
+
+            self.workers = Workers(f"{name}-workers", WorkersArgs(
+                ctx=ctx, spec=spec, field=self._args.field, facts=self._args.facts, ca=ca_input,
+                ca_cert=self.ca_cert, server=server), opts=pulumi.ResourceOptions(parent=self, depends_on=previous))
         pushed = pulumi.Output.all(*[f.content_hash for f in files])
         if pulumi.runtime.is_dry_run():
             self._resolve_ready(pushed.apply(lambda _: True))

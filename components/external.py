@@ -32,6 +32,12 @@ class ExternalLoadBalancer(pulumi.ComponentResource):
     def preflight(ctx, lb, field: str, facts) -> None:
         """Nothing to check against Incus: the endpoint is the user's."""
 
+    @staticmethod
+    def control_plane_tools(lb) -> dict[str, str]:
+        """The binaries the cluster's own members need, each with the image that has it: kube-vip's static pod
+        runs /usr/local/bin/kube-vip there (kube-vip is built only for the stacks and tests that run it)."""
+        return {"kube-vip": "cplb/control-plane-kube-vip"} if lb.external.kube_vip else {}
+
     def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("cplb:lb:ExternalLoadBalancer", name, None, opts)
         ctx, lb = args.ctx, args.spec

@@ -29,7 +29,19 @@ def check_all(ctx: StackContext, stack: StackSpec, facts: Facts) -> None:
         ctx.object_name(g.name, str(max(g.count, 1)))
         facts.image_fingerprint(f"cplb:instanceGroups[{i}].instance.image", g.instance.image)
     for i, c in enumerate(stack.control_planes):
-        facts.image_fingerprint(f"cplb:controlPlanes[{i}].instance.image", c.instance.image)
+        field = f"cplb:controlPlanes[{i}].instance.image"
+        facts.image_fingerprint(field, c.instance.image)
+        # What a balancer runs on the cluster's members must be in their image (kube-vip, for `external`).
+        for lb in stack.load_balancers:
+            if lb.cluster != c.cluster:
+                continue
+            needs = getattr(COMPONENTS[lb.type], "control_plane_tools", None)  # only strategies that run something
+            for tool, image in (needs(lb) if needs else {}).items():
+                tools = facts.image_tools(field, c.instance.image)
+                if tools is not None and tool not in tools:
+                    raise ValueError(
+                        f"{field}: {c.instance.image!r} has no {tool}, which balancer {lb.name!r} runs on the "
+                        f"cluster's members; use image {image!r} (built by `make setup KUBE_VIP=1`)")
     for i, lb in enumerate(stack.load_balancers):
         # Each strategy's own checks live beside its component (one module per type).
         COMPONENTS[lb.type].preflight(ctx, lb, f"cplb:loadBalancers[{i}]", facts)

@@ -2,8 +2,8 @@
 
 `ClusterCa`: one CA (kept for the life of the resource), the service-account key pair, an admin client
 certificate (O=system:masters). `NodeCertificates`, per node: the kube-apiserver serving certificate (SANs: every balancer address and DNS
-name of the cluster, the node's own addresses, the in-cluster service names), an etcd server/peer certificate and
-the API server's etcd client certificate.
+name of the cluster, the node's own addresses, the in-cluster service names), an etcd server/peer certificate,
+the API server's etcd client certificate, and kube-controller-manager's and kube-scheduler's client certificates.
 
 The diff is precise: a change of the endpoints or the nodes' addresses updates the resource, which reissues the
 leaf certificates under the same CA (so clients' kubeconfigs stay valid) and keeps the service-account key (so
@@ -195,7 +195,43 @@ def _node_leaves(props: dict, ca_cert, ca_key) -> tuple[dict, dict]:
                        "apiserver-etcd-client.crt": _pem_cert(etcd_client)}
         keys[name] = {"apiserver.key": _pem_key(apiserver_key), "etcd.key": _pem_key(etcd_key),
                       "apiserver-etcd-client.key": _pem_key(etcd_client_key)}
+        # kube-controller-manager's and kube-scheduler's client certificates, by the user names the API server's
+        # bootstrap RBAC policy binds (kubeadm issues them per node the same way), and the API server's client
+        # certificate towards the kubelets (logs, exec), as kubeadm's apiserver-kubelet-client.
+        for stem, (user, org) in CONTROL_PLANE_USERS.items():
+            cert, key = issue(ca_cert, ca_key, user, org=org, client=True, days=days)
+            certs[name][f"{stem}.crt"], keys[name][f"{stem}.key"] = _pem_cert(cert), _pem_key(key)
     return certs, keys
+
+
+CONTROL_PLANE_USERS = {"controller-manager": ("system:kube-controller-manager", None),
+                       "scheduler": ("system:kube-scheduler", None),
+                       "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters")}
+# Every node's leaves: a state that lacks one (made by a release before it existed) is reissued.
+NODE_LEAVES = ("apiserver", "etcd", "apiserver-etcd-client", *CONTROL_PLANE_USERS)
+
+
+def _worker_leaves(props: dict, ca_cert, ca_key) -> tuple[dict, dict]:
+    """Per worker node, under the cluster CA: the kubelet's client certificate (`system:node:<name>` in
+    `system:nodes`, what the Node authorizer and NodeRestriction expect), its serving certificate (the node's name
+    and addresses: the API server verifies it for logs and exec) and kube-proxy's client certificate."""
+    certs: dict = {}
+    keys: dict = {}
+    days = lifetime(props)[0]
+    for node in props.get("nodes") or []:
+        name, addresses = node["name"], [a for a in node.get("addresses") or [] if a]
+        made = {
+            "kubelet": issue(ca_cert, ca_key, f"system:node:{name}", org="system:nodes", client=True, days=days),
+            "kubelet-serving": issue(ca_cert, ca_key, f"system:node:{name}", org="system:nodes", dns=(name,),
+                                     ips=tuple(addresses), server=True, days=days),
+            "kube-proxy": issue(ca_cert, ca_key, "system:kube-proxy", client=True, days=days),
+        }
+        certs[name] = {f"{stem}.crt": _pem_cert(c) for stem, (c, _) in made.items()}
+        keys[name] = {f"{stem}.key": _pem_key(k) for stem, (_, k) in made.items()}
+    return certs, keys
+
+
+WORKER_LEAVES = ("kubelet", "kubelet-serving", "kube-proxy")
 
 
 class ClusterCaProvider(ResourceProvider):
@@ -267,9 +303,12 @@ class NodeCertificatesProvider(ResourceProvider):
     """Leaf certificates of every node under the cluster CA. Any input change reissues them in place (an update):
     a new balancer address reaches the serving certificate without replacing anything."""
 
+    leaves = staticmethod(_node_leaves)
+    LEAVES = NODE_LEAVES
+
     def _outs(self, props: dict) -> dict:
         ca = props["ca"]
-        certs, keys = _node_leaves(props, _load_cert(ca["crt"]), _load_key(ca["key"]))
+        certs, keys = self.leaves(props, _load_cert(ca["crt"]), _load_key(ca["key"]))
         return {**{k: props.get(k) for k in (*INPUT_KEYS, *LIFETIME_KEYS)}, "certs": certs, "keys": keys}
 
     def create(self, props):
@@ -286,6 +325,10 @@ class NodeCertificatesProvider(ResourceProvider):
                   for name, pem in (files or {}).items()}
         if expiring(leaves, lifetime(news)[1]):
             changed.append("certs")  # renewal: due within renewBeforeDays
+        elif "nodes" not in changed and any(
+                f"{node['name']}/{stem}.crt" not in leaves for node in news.get("nodes") or []
+                if isinstance(node, dict) and isinstance(node.get("name"), str) for stem in self.LEAVES):
+            changed.append("certs")  # a leaf this release issues that the state has not got yet
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def read(self, id_, props):
@@ -315,3 +358,28 @@ class NodeCertificates(pulumi.dynamic.Resource, module="pki", name="NodeCertific
                  "renewBeforeDays": renew_before_days, "certs": None, "keys": None}
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["keys", "ca", "etcdCa"]))
         super().__init__(NodeCertificatesProvider(), resource_name, props, opts)
+
+
+class WorkerCertificatesProvider(NodeCertificatesProvider):
+    """The worker nodes' leaves (_worker_leaves), with the same diff, renewal and reissue as the members'."""
+
+    leaves = staticmethod(_worker_leaves)
+    LEAVES = WORKER_LEAVES
+
+    def create(self, props):
+        return CreateResult(id_=f"worker-certs-{props['cluster']}", outs=self._outs(props))
+
+
+class WorkerCertificates(pulumi.dynamic.Resource, module="pki", name="WorkerCertificates"):
+    """Outputs: `certs` (node -> file -> PEM) and `keys` (secret), for the cluster's worker nodes."""
+
+    certs: pulumi.Output[dict]
+    keys: pulumi.Output[dict]
+
+    def __init__(self, resource_name: str, *, cluster: str, ca: pulumi.Input[dict], nodes: pulumi.Input[list],
+                 validity_days: float = LEAF_DAYS, renew_before_days: float = RENEW_BEFORE_DAYS,
+                 opts: Optional[pulumi.ResourceOptions] = None):
+        props = {"cluster": cluster, "ca": pulumi.Output.secret(ca), "nodes": nodes, "validityDays": validity_days,
+                 "renewBeforeDays": renew_before_days, "certs": None, "keys": None}
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["keys", "ca"]))
+        super().__init__(WorkerCertificatesProvider(), resource_name, props, opts)

@@ -7,6 +7,7 @@ The component says what healthy means for its members (`health`, plain data):
 - {"kind": "haproxy", "port": P, "vrrp": bool}: haproxy answers on the member's own address, its runtime API has a
   server UP, and with VRRP keepalived runs and its check passes (so the member can take the VIP);
 - {"kind": "tcp", "port": P}: something answers on the port;
+- {"kind": "kubelet"}: a worker's kubelet answers its /healthz (on the node's loopback, asked inside it);
 - {} or no kind: the member runs and has its address.
 """
 
@@ -33,6 +34,10 @@ def member_health(client, name: str, health: dict) -> tuple[bool, str]:
     if not address:
         return False, "no address yet"
     kind, port = health.get("kind"), int(health.get("port") or 0)
+    if kind == "kubelet":
+        rc, _, _ = client.exec(name, ["sh", "-c", "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | "
+                                                  "nc -w 2 127.0.0.1 10248 | head -n 1 | grep -q ' 200 '"])
+        return rc == 0, "healthy" if rc == 0 else "kubelet's /healthz does not answer 200"
     if kind == "https":
         found = https_probe(address, port, health.get("path") or "/readyz", health.get("caCert") or "")
         return found == "ok", f"{health.get('path')} on {address}:{port}: {found}"

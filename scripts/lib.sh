@@ -9,6 +9,11 @@ PULUMI_VERSION=3.259.0
 KUBE_VERSION=1.37.2
 ETCD_VERSION=3.7.3
 KUBE_VIP_VERSION=1.2.2
+# Worker nodes: the container runtime and pod network, from Go modules whose go.mod needs no wrapper (`go install`
+# at these versions; the checksum database verifies them).
+CONTAINERD_VERSION=2.4.2
+RUNC_VERSION=1.5.3
+CNI_PLUGINS_VERSION=1.10.0
 # The Pulumi Kubernetes provider plugin (scripts/kubernetes-provider-build pins the commit of this release) and its
 # Python SDK (requirements.txt): the same version.
 KUBERNETES_PROVIDER_VERSION=4.25.0

@@ -23,6 +23,7 @@ from tests.k8s import Kubectl
 
 pytestmark = pytest.mark.integration
 CLUSTER = "itk8s"
+WORKERS = 3  # the k0s demonstration's three workers (the dev stack ships two)
 FIRST_PREVIEW: dict = {}  # the k8s fixture's preview before its first `up`
 
 
@@ -44,7 +45,9 @@ def dev_stack_values() -> dict:
     with open(os.path.join(ROOT, "stacks", "Pulumi.dev.yaml")) as f:
         config = yaml.safe_load(f)["config"]
     text = json.dumps({k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("cplb:")})
-    return json.loads(text.replace('"demo"', f'"{CLUSTER}"').replace('"demo-', '"x-'))
+    values = json.loads(text.replace('"demo"', f'"{CLUSTER}"').replace('"demo-', '"x-'))
+    values["controlPlanes"][0]["workers"]["count"] = WORKERS
+    return values
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +82,47 @@ def secret_paths(node, path="") -> list[str]:
     return []
 
 
-def test_dev_stack_ingress_ports_answer_from_the_workers(k8s):
-    """The dev stack's second balancer: ports 80 and 443 to the stand-in workers, beside the real control plane."""
-    _project, _name, _stack, result = k8s
-    workers = result.outputs["instanceGroups"].value["x-worker"]["instances"]
-    host = result.outputs["loadBalancers"].value["x-ingress"]["endpoint"].rsplit(":", 1)[0]
-    for port in (80, 443):
-        assert wait_for(lambda: {http_get(host, port, timeout=5) for _ in range(6)} == set(workers), 30), port
-    routing = result.outputs["routing"].value["x-ingress"]["destinations"]
-    assert {(d["name"], d["port"]) for d in routing} == {(w, p) for w in workers for p in (80, 443)}
+def nodes_of(kube: Kubectl) -> dict[str, bool]:
+    """Each node's name and whether it is Ready."""
+    items = json.loads(kube.ok("get", "nodes", "-o", "json"))["items"]
+    return {n["metadata"]["name"]: any(c["type"] == "Ready" and c["status"] == "True"
+                                       for c in n["status"].get("conditions", [])) for n in items}
+
+
+def demo_pods(kube: Kubectl) -> dict[str, dict]:
+    """The demo workload's pods by name: node, uid, restarts."""
+    items = json.loads(kube.ok("get", "pods", "-n", "cplb-demo", "-o", "json"))["items"]
+    return {p["metadata"]["name"]: {"node": p["spec"].get("nodeName"), "uid": p["metadata"]["uid"],
+                                    "restarts": sum(c.get("restartCount", 0)
+                                                    for c in p["status"].get("containerStatuses", []))}
+            for p in items}
+
+
+def test_dev_stack_workers_join_through_the_endpoint_and_serve_the_ingress(k8s):
+    """The dev stack's workers: kubelets that joined through the cluster's endpoint (their kubeconfig names it, not
+    a member), Ready; the demo workload's pods run on them, and the second balancer's ports 80 and 443 answer from
+    those pods."""
+    _project, name, _stack, result = k8s
+    kube = kubectl_of(result)
+    try:
+        workers = result.outputs["clusters"].value[CLUSTER]["workers"]
+        assert len(workers) == WORKERS
+        assert wait_for(lambda: nodes_of(kube) == {w: True for w in workers}, 60), nodes_of(kube)
+        endpoint = result.outputs["loadBalancers"].value["x-api"]["endpoint"]
+        content, _ = incus().pull_file(workers[0], "/etc/kubernetes/kubelet.conf")
+        assert f"server: https://{endpoint}" in content.decode()
+        pods = demo_pods(kube)
+        assert sorted(p["node"] for p in pods.values()) == sorted(workers), pods
+        host = result.outputs["loadBalancers"].value["x-ingress"]["endpoint"].rsplit(":", 1)[0]
+        for port in (80, 443):
+            assert wait_for(lambda: {http_get(host, port, timeout=5) for _ in range(8)} == set(pods), 30), port
+        routing = result.outputs["routing"].value["x-ingress"]["destinations"]
+        assert {(d["name"], d["port"]) for d in routing} == {(w, p) for w in workers for p in (80, 443)}
+        # kubectl logs and exec go from the API server to the kubelet (its serving certificate verified).
+        pod = sorted(pods)[0]
+        assert kube.ok("exec", "-n", "cplb-demo", pod, "--", "cat", "/tmp/index.html").strip() == pod
+    finally:
+        kube.cleanup()
 
 
 def test_kubectl_through_the_lxc_endpoint_with_tls_verified(k8s):
@@ -116,22 +151,80 @@ def test_kubectl_through_the_lxc_endpoint_with_tls_verified(k8s):
         kube.cleanup()
 
 
+def lease_holder(kube: Kubectl, lease: str) -> str:
+    """The member (instance name) whose controller holds `lease` in kube-system; '' when none does."""
+    r = kube.run("get", "lease", lease, "-n", "kube-system", "-o", "jsonpath={.spec.holderIdentity}")
+    return r.stdout.split("_", 1)[0] if r.returncode == 0 else ""
+
+
+def test_the_control_plane_is_complete_controllers_and_scheduler_elected_on_the_members(k8s):
+    """kube-controller-manager and kube-scheduler run on every member, leader-elected: a Deployment gets its
+    ReplicaSet and pod, the scheduler decides on the pod (no node matches it: Unschedulable), a foreground deletion and a
+    namespace deletion finish (the garbage collector and the namespace controller). The leader's controller manager
+    held down, another member's takes the lease."""
+    _project, name, _stack, result = k8s
+    kube = kubectl_of(result)
+    members = {f"{name}-x-cp-{n}" for n in (1, 2, 3)}
+    ns = "cplb-complete"
+    held = None
+    try:
+        for lease in ("kube-controller-manager", "kube-scheduler"):
+            assert wait_for(lambda lease=lease: lease_holder(kube, lease) in members, 60), (lease, members)
+        kube.ok("create", "namespace", ns)
+        # A pod no node may take (its node selector matches none): the scheduler decides, and says why.
+        kube.ok("apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": ns},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"nodeSelector": {"cplb.incus.dev/nowhere": "true"}, "containers": [
+                    {"name": "web", "image": "cplb.local/web:1", "imagePullPolicy": "Never"}]}}}}))
+
+        def pod_condition() -> dict:
+            pods = json.loads(kube.ok("get", "pods", "-n", ns, "-l", "app=web", "-o", "json"))["items"]
+            return next((c for p in pods for c in p.get("status", {}).get("conditions", [])
+                         if c["type"] == "PodScheduled"), {})
+        assert wait_for(lambda: pod_condition().get("reason") == "Unschedulable", 60), pod_condition()
+        kube.ok("delete", "deployment", "web", "-n", ns, "--cascade=foreground", "--wait=true", timeout=90)
+        assert kube.ok("get", "replicasets,pods", "-n", ns, "-o", "name").strip() == ""
+        kube.ok("delete", "namespace", ns, "--wait=true", timeout=120)
+        assert kube.run("get", "namespace", ns).returncode != 0
+        # Leader election: the lease's holder is held down (its service stopped and kept down), another takes it.
+        held = lease_holder(kube, "kube-controller-manager")
+        rc, _, err = incus().exec(held, ["sh", "-c", ": > /run/cplb-service.kube-controller-manager.down; "
+                                                      "kill $(pidof kube-controller-manager)"])
+        assert rc == 0, err
+        assert wait_for(lambda: lease_holder(kube, "kube-controller-manager") in members - {held}, 90), \
+            lease_holder(kube, "kube-controller-manager")
+    finally:
+        if held:
+            incus().exec(held, ["rm", "-f", "/run/cplb-service.kube-controller-manager.down"])
+        kube.run("delete", "namespace", ns, "--wait=false")
+        kube.cleanup()
+
+
 def test_one_control_plane_instance_powered_off(k8s):
     """The k0s demo: a control-plane instance is stopped hard; kubectl through the endpoint keeps working (etcd
-    keeps quorum, haproxy's /readyz check takes the dead server out), and haproxy's runtime API, which
-    BackendsHealthy reads, counts 2 of 3. The next `up` starts the instance again (the stack converges) and
-    BackendsHealthy is back to 3 of 3."""
+    keeps quorum, haproxy's /readyz check takes the dead server out), haproxy's runtime API, which BackendsHealthy
+    reads, counts 2 of 3, and every worker stays Ready with its pods (its kubelet renews its lease through the
+    endpoint). The next `up` starts the instance again (the stack converges), BackendsHealthy is back to 3 of 3 and
+    etcd has its three members."""
     import health
     from facts import Facts
     from spec import IncusSpec
+
+    from tests.k8s import etcd_members
 
     project, name, stack, result = k8s
     kube = kubectl_of(result)
     victim = f"{name}-x-cp-3"
     balancer = f"{name}-x-api-haproxy-1"
+    workers = result.outputs["clusters"].value[CLUSTER]["workers"]
     try:
+        assert wait_for(lambda: nodes_of(kube) == {w: True for w in workers}, 60), nodes_of(kube)
+        pods_before = demo_pods(kube)
         incus().call("PUT", f"instances/{victim}/state", json={"action": "stop", "force": True})
         wait_for(lambda: incus().get_instance(victim)["status"] == "Stopped", timeout=30)
+        stopped = renewals(kube, workers)
         for _ in range(10):
             assert kube.readyz() == "ok"
         assert kube.configmap_roundtrip("cplb-k0s-demo", "quorum") == {"value": "quorum"}
@@ -139,6 +232,11 @@ def test_one_control_plane_instance_powered_off(k8s):
         wait_for(lambda: sum(health.haproxy_servers(client, balancer).values()) == 2, timeout=15)
         servers = health.haproxy_servers(client, balancer)
         assert servers == {f"{name}-x-cp-1": True, f"{name}-x-cp-2": True, victim: False}, servers
+        # The kubelets renew their node leases through the endpoint with the member gone (twice each, 10 s apart):
+        # every worker stays Ready, and no pod is evicted or restarted.
+        assert wait_for(lambda: renewed_twice(kube, workers, stopped), 60), (stopped, renewals(kube, workers))
+        assert nodes_of(kube) == {w: True for w in workers}, nodes_of(kube)
+        assert demo_pods(kube) == pods_before
     finally:
         kube.cleanup()
     stack.refresh(on_output=quiet)
@@ -146,6 +244,27 @@ def test_one_control_plane_instance_powered_off(k8s):
     conds = conditions(after)
     assert incus().get_instance(victim)["status"] == "Running"
     assert conds["BackendsHealthy"]["status"] == "True" and "3 of 3" in conds["BackendsHealthy"]["message"], conds
+    # Back in: etcd has its three members again, every one started (none twice).
+    addresses = after.outputs["clusters"].value[CLUSTER]["addresses"]
+    members = etcd_members(f"{name}-x-cp-1", addresses[0])
+    assert sorted(m.get("name") for m in members) == sorted(f"{name}-x-cp-{n}" for n in (1, 2, 3)), members
+
+
+def renewals(kube: Kubectl, nodes: list[str]) -> dict[str, list[str]]:
+    """Each node's lease renewal times seen so far (the kubelet renews its Lease in kube-node-lease every 10 s)."""
+    out = {}
+    for node in nodes:
+        r = kube.run("get", "lease", node, "-n", "kube-node-lease", "-o", "jsonpath={.spec.renewTime}")
+        out[node] = [r.stdout.strip()] if r.returncode == 0 else []
+    return out
+
+
+def renewed_twice(kube: Kubectl, nodes: list[str], seen: dict[str, list[str]]) -> bool:
+    """Whether every node's lease was renewed at least twice since `seen` was taken (`seen` grows as it looks)."""
+    for node, times in renewals(kube, nodes).items():
+        if times and times[0] not in seen[node]:
+            seen[node].append(times[0])
+    return all(len(seen[n]) >= 3 for n in nodes)
 
 
 # --- publishing (components/publish.py): the dev stack has kubernetes.publish on ---------------------------------

@@ -17,6 +17,7 @@ from tests.k8s import Kubectl, real_control_plane
 
 pytestmark = pytest.mark.integration
 CLUSTER = "itkv"
+KUBE_VIP_IMAGE = "cplb/control-plane-kube-vip"  # built by `scripts/setup --kube-vip`, which `make test` runs
 
 
 def quiet(_):
@@ -37,7 +38,7 @@ def test_kube_vip_holds_the_vip_and_moves_it_when_the_holder_crashes():
     balancer = {"name": "api", "cluster": CLUSTER, "type": "external",
                 "external": {"endpoint": f"{vip}:6443", "kubeVip": {
                     "vip": vip, "leaseDurationSeconds": 5, "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}}}
-    config = base_config(controlPlanes=[real_control_plane("cp", CLUSTER)], loadBalancers=[balancer])
+    config = base_config(controlPlanes=[real_control_plane("cp", CLUSTER, image=KUBE_VIP_IMAGE)], loadBalancers=[balancer])
     with pulumi_stack(config, prefix="kv") as (_project, name, stack):
         up = stack.up(on_output=quiet)
         prefix = f"{name}-cp"

@@ -215,3 +215,24 @@ def test_a_cluster_whose_etcd_serves_a_cluster_ca_certificate_moves_in_two_steps
     assert not etcd_ca_moving("f", "demo", Served({}), names)  # a new cluster: its own CA from the start
     assert etcd_ca_moving("f", "demo", Served({"s-cp-1": "demo-etcd-ca", "s-cp-2": "demo-ca"}), names)
     assert not etcd_ca_moving("f", "demo", Served({n: "demo-etcd-ca" for n in names}), names)
+
+
+def test_the_controllers_get_their_own_client_certificates_by_the_names_rbac_binds(tmp_path):
+    certs = NodeCertificatesProvider().create(PROPS).outs["certs"]["s-cp-1"]
+    for stem, user in (("controller-manager", "system:kube-controller-manager"),
+                       ("scheduler", "system:kube-scheduler")):
+        assert "OK" in verify(tmp_path, CA["crt"], certs[f"{stem}.crt"], "sslclient")
+        r = subprocess.run(["openssl", "x509", "-noout", "-subject"], input=certs[f"{stem}.crt"],
+                           capture_output=True, text=True)
+        assert f"CN = {user}" in r.stdout and "system:masters" not in r.stdout
+
+
+def test_a_state_from_before_the_controllers_had_certificates_is_reissued_under_the_same_ca():
+    p = NodeCertificatesProvider()
+    old = p.create(PROPS).outs
+    for node in old["certs"].values():
+        del node["controller-manager.crt"], node["scheduler.crt"]
+    assert p.diff("id", old, dict(PROPS)).changes and not p.diff("id", old, dict(PROPS)).replaces
+    assert not p.diff("id", p.create(PROPS).outs, dict(PROPS)).changes
+    new = p.update("id", old, dict(PROPS)).outs
+    assert "scheduler.crt" in new["certs"]["s-cp-2"]

@@ -140,3 +140,16 @@ def test_the_lxc_pair_takes_its_advert_interval_and_keepalived_accepts_it(tmp_pa
     conf.write_text(text.replace("/bin/wget", "/bin/true").replace("dev eth0", "dev lo"))
     r = subprocess.run(["keepalived", "-t", "-f", str(conf)], capture_output=True, text=True)
     assert "advert" not in r.stdout + r.stderr and "version" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_the_controllers_flags_fit_the_flags_grammar_and_name_their_own_kubeconfig():
+    from components.control_plane import CONTROLLERS, controller_flags, render_flags
+    from spec import ControlPlaneSpec
+
+    spec = ControlPlaneSpec(name="cp", cluster="k")
+    for service, (conf, path, _stem) in CONTROLLERS.items():
+        text = render_flags(controller_flags(service, spec), path)
+        assert f"--kubeconfig={conf}\n" in text and "--leader-elect=true\n" in text
+        assert "--bind-address=127.0.0.1\n" in text  # health and metrics on loopback only
+    assert f"--service-cluster-ip-range={spec.service_cidr}\n" in render_flags(
+        controller_flags("kube-controller-manager", spec), "x")
