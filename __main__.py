@@ -53,6 +53,23 @@ stack_instances = {
 for c in stack_spec.control_planes:
     cp = control_planes[c.cluster]
     stack_instances.update({n: (c.labels, r) for n, r in zip(cp.names, cp.instances)})
+    if cp.workers is not None:
+        stack_instances.update({n: (cp.workers.labels, r) for n, r in zip(cp.workers.names, cp.workers.instances)})
+
+# A cluster's service balancers (the ingress in front of the workers) report their conditions once the demo workload's
+# pods are ready, as its control-plane balancers do once the members answer: the first `up` reports what serves.
+workload_ready = {c.cluster: pulumi.deferred_output() for c in stack_spec.control_planes
+                  if c.workers.demo_workload and control_planes[c.cluster].workers is not None}
+
+
+def ready_after(lb):
+    cp = control_planes.get(lb.cluster)
+    if cp is None:
+        return None
+    if lb.role == "service" and lb.cluster in workload_ready:
+        return pulumi.Output.all(cp.ready, workload_ready[lb.cluster][0]).apply(lambda v: all(v))
+    return cp.ready
+
 
 balancers = {}
 for i, lb in enumerate(stack_spec.load_balancers):
@@ -64,8 +81,7 @@ for i, lb in enumerate(stack_spec.load_balancers):
     try:
         cp = control_planes.get(lb.cluster)
         balancers[lb.name] = strategies.build(lb.name, ctx, lb, field, facts, backends, stack_instances,
-                                              cluster_ca=cp.ca_cert if cp else None,
-                                              ready_after=cp.ready if cp else None)
+                                              cluster_ca=cp.ca_cert if cp else None, ready_after=ready_after(lb))
     except (ValueError, IncusError) as exc:
         raise pulumi.RunError(str(exc)) from None
 
@@ -87,12 +103,16 @@ for c in stack_spec.control_planes:
 # The demo workload on the workers, written through the cluster's balanced endpoint.
 for c in stack_spec.control_planes:
     cp = control_planes[c.cluster]
-    if c.workers.demo_workload and cp.workers is not None:
+    if c.cluster in workload_ready:
         from components.workload import DemoWorkload, DemoWorkloadArgs
 
-        DemoWorkload(f"{c.cluster}-demo-workload", DemoWorkloadArgs(
-            stack=ctx.stack, cluster=c.cluster, kubeconfig=cp.kubeconfig,
-            after=[cp.workers, *[balancers[lb.name] for lb in stack_spec.load_balancers if lb.cluster == c.cluster]]))
+        # Through the control-plane balancers (the kubeconfig's endpoint); the service balancers wait for it.
+        fronts = [balancers[lb.name] for lb in stack_spec.load_balancers
+                  if lb.cluster == c.cluster and lb.role == "control-plane"]
+        workload = DemoWorkload(f"{c.cluster}-demo-workload", DemoWorkloadArgs(
+            stack=ctx.stack, cluster=c.cluster, kubeconfig=cp.kubeconfig, after=[cp.workers, *fronts],
+            ready=[cp.workers.pushed, *[b.outputs for b in fronts]]))
+        workload_ready[c.cluster][1](workload.ready)
 
 # Each balancer published into the cluster it serves, through the cluster's balanced endpoint.
 if stack_spec.kubernetes.publish:

@@ -312,7 +312,7 @@ class ControlPlaneSpec(Model):
                        "new members join the running etcd one at a time (a learner, then promoted); lowered, the "
                        "highest members leave etcd before their instances go (docs/upgrades.md).")
     instance: InstanceSpec = Field(
-        default_factory=lambda: InstanceSpec(image="cplb/control-plane", limits=Limits(memory="768MiB")),
+        default_factory=lambda: InstanceSpec(image="cplb/control-plane", limits=Limits(memory="1GiB")),
         description="How each instance is made.")
     shutdown_delay_seconds: int = Field(
         5, alias="shutdownDelaySeconds", ge=0, le=60,

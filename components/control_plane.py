@@ -266,7 +266,21 @@ class ControlPlane(pulumi.ComponentResource):
         ))
         self.addresses = pulumi.Output.all(*[i.address for i in self.instances])
         self.ready, self._resolve_ready = pulumi.deferred_output()
+        # The workers' instances now, so the cluster's balancers select them in this `up`; their files once the
+        # endpoint they join through is known (configure).
+        self.workers = None
+        if spec.workers.count:
+            from components.workers import Workers, WorkersArgs
+
+            self.workers = Workers(f"{name}-workers", WorkersArgs(
+                ctx=ctx, spec=spec, field=args.field, facts=args.facts, ca=self.ca_key_pair(),
+                ca_cert=self.ca_cert), opts=child)
         self.kubeconfig: pulumi.Output[str] = pulumi.Output.secret("")
+
+    def ca_key_pair(self) -> pulumi.Output[dict]:
+        """The cluster CA's certificate and key ({"crt", "key"}), for the providers that issue under it."""
+        return pulumi.Output.all(self.ca.certs, self.ca.keys).apply(
+            lambda v: {"crt": v[0]["ca.crt"], "key": v[1]["ca.key"]})
 
     def configure(self, endpoints: pulumi.Input[list], server: pulumi.Input[str]) -> None:
         """`endpoints`: every `host:port` (or host) clients use to reach this cluster through its balancers;
@@ -280,8 +294,7 @@ class ControlPlane(pulumi.ComponentResource):
         nodes = pulumi.Output.all(*[pulumi.Output.all(i.address, i.ipv6) for i in self.instances]).apply(
             lambda rows: [{"name": n, "addresses": [a for a in [v4, *((v6 or []) if ctx.ipv6 else [])] if a]}
                           for n, (v4, v6) in zip(self.names, rows)])
-        ca_input = pulumi.Output.all(self.ca.certs, self.ca.keys).apply(
-            lambda v: {"crt": v[0]["ca.crt"], "key": v[1]["ca.key"]})
+        ca_input = self.ca_key_pair()
         etcd_ca_input = pulumi.Output.all(self.ca.certs, self.ca.keys).apply(
             lambda v: {"crt": v[0]["etcd-ca.crt"], "key": v[1]["etcd-ca.key"]})
         self.certs = NodeCertificates(
@@ -297,7 +310,7 @@ class ControlPlane(pulumi.ComponentResource):
         files: list[InstanceFile] = []
         # A changed flags file restarts the member's etcd or kube-apiserver: member by member, in the members' rollout
         # order, each only while the others are healthy and the next once it is healthy again (InstanceFile rollout).
-        restart = self._health.apply(lambda h: {"health": h, "peers": list(self.names), "waitSeconds": 600})
+        restart_plan = self._health.apply(lambda h: {"health": h, "peers": list(self.names), "waitSeconds": 600})
         restart_etcd = restart_etcd_behind_a_drained_apiserver(spec.shutdown_delay_seconds)
 
         def push(node: str, inst, role: str, path: str, content, secret: bool = False, reload=None, after=(),
@@ -306,7 +319,7 @@ class ControlPlane(pulumi.ComponentResource):
                 f"{name}-{role}-{node.rsplit('-', 1)[1]}", instance=inst.name, instance_uuid=inst.uuid, path=path,
                 content=pulumi.Output.secret(content) if secret else content, mode=mode,
                 connection=ctx.connection, credentials=ctx.credentials, reload_command=reload,
-                rollout=restart if reload else None,
+                rollout=restart_plan if reload else None,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)))
             files.append(f)
             return f
@@ -426,13 +439,8 @@ class ControlPlane(pulumi.ComponentResource):
                 etcd_certificates(node, inst, after=previous)
 
         # The workers join through the endpoint clients use (`server`), once the members have their files.
-        self.workers = None
-        if spec.workers.count:
-            from components.workers import Workers, WorkersArgs
-
-            self.workers = Workers(f"{name}-workers", WorkersArgs(
-                ctx=ctx, spec=spec, field=self._args.field, facts=self._args.facts, ca=ca_input,
-                ca_cert=self.ca_cert, server=server), opts=pulumi.ResourceOptions(parent=self, depends_on=previous))
+        if self.workers is not None:
+            self.workers.configure(server, after=previous)
         pushed = pulumi.Output.all(*[f.content_hash for f in files])
         if pulumi.runtime.is_dry_run():
             self._resolve_ready(pushed.apply(lambda _: True))

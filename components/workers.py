@@ -112,22 +112,24 @@ class WorkersArgs:
     facts: "Facts"
     ca: pulumi.Output  # {"crt", "key"} of the cluster CA (secret)
     ca_cert: pulumi.Output  # PEM
-    server: pulumi.Input[str]  # host:port of the cluster's balanced endpoint
 
 
 class Workers(pulumi.ComponentResource):
+    """Built in two steps, as the control plane is: the instances first (so the cluster's balancers select them in
+    the same `up`), then, once the balancers exist, `.configure(server)` with the endpoint the nodes join through."""
+
     def __init__(self, name: str, args: WorkersArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("cplb:cluster:Workers", name, None, opts)
+        self._name, self._args = name, args
         ctx, cp = args.ctx, args.spec
         spec = cp.workers
-        child = pulumi.ResourceOptions(parent=self)
         self.names = [ctx.object_name(cp.cluster, "node", str(n)) for n in range(1, spec.count + 1)]
-        labels = {"user.cluster-name": cp.cluster, "user.cluster-role": "worker"}
+        self.labels = {"user.cluster-name": cp.cluster, "user.cluster-role": "worker"}
         self.instances = build_members(self, ctx, args.facts, Members(
             resource_names=[f"{name}-{n}" for n in range(1, spec.count + 1)], names=self.names,
             image=spec.instance.image, image_field=f"{args.field}.workers.instance.image",
             owner_id=f"workers/{cp.cluster}",
-            config={**instance_config(spec.instance, labels), **WORKER_CONFIG},
+            config={**instance_config(spec.instance, self.labels), **WORKER_CONFIG},
             devices=ctx.devices(spec.instance.network),
             health={"kind": "kubelet"}, stop_seconds=20,
             common={"profiles": spec.instance.profiles, "instance_type": spec.instance.instance_type},
@@ -138,18 +140,26 @@ class Workers(pulumi.ComponentResource):
         life = cp.certificates
         self.certs = WorkerCertificates(f"{name}-certs", cluster=cp.cluster, ca=args.ca, nodes=nodes,
                                         validity_days=life.validity_days, renew_before_days=life.renew_before_days,
-                                        opts=child)
+                                        opts=pulumi.ResourceOptions(parent=self))
+        self.pushed: pulumi.Output = pulumi.Output.from_input([])
+
+    def configure(self, server: pulumi.Input[str], after: list) -> None:
+        """`server`: host:port of the cluster's balanced endpoint, which the nodes' kubeconfigs name; `after`: what
+        must be in place first (the members' files)."""
+        name, args = self._name, self._args
+        ctx, cp = args.ctx, args.spec
+        spec = cp.workers
         reserved_memory, reserved_cpu = args.facts.worker_reservation(spec.instance.limits)
         subnets = {n: spec.pod_subnet(i) for i, n in enumerate(self.names, start=1)}
         routes = self.addresses.apply(lambda addrs: [(n, subnets[n], a) for n, a in zip(self.names, addrs)])
         files: list[InstanceFile] = []
 
-        def push(node: str, inst, role: str, path: str, content, secret=False, reload=None, after=(), mode="0644"):
+        def push(node: str, inst, role: str, path: str, content, secret=False, reload=None, deps=(), mode="0644"):
             f = InstanceFile(
                 f"{name}-{role}-{node.rsplit('-', 1)[1]}", instance=inst.name, instance_uuid=inst.uuid, path=path,
                 content=pulumi.Output.secret(content) if secret else content, mode=mode,
                 connection=ctx.connection, credentials=ctx.credentials, reload_command=reload,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)))
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, *deps]))
             files.append(f)
             return f
 
@@ -158,9 +168,9 @@ class Workers(pulumi.ComponentResource):
                 lambda v: v[0][node][f"{stem}.crt"] + v[1][node][f"{stem}.key"])
 
         def node_kubeconfig(node: str, stem: str, user: str) -> pulumi.Output[str]:
-            return pulumi.Output.all(args.server, args.ca_cert, self.certs.certs, self.certs.keys).apply(
+            return pulumi.Output.all(server, args.ca_cert, self.certs.certs, self.certs.keys).apply(
                 lambda v: kubeconfig(cp.cluster, v[0], v[1], v[2][node][f"{stem}.crt"],
-                                          v[3][node][f"{stem}.key"], user=user))
+                                     v[3][node][f"{stem}.key"], user=user))
 
         kubelet, kube_proxy = restart("kubelet"), restart("kube-proxy")
         for node, inst in zip(self.names, self.instances):
@@ -179,7 +189,7 @@ class Workers(pulumi.ComponentResource):
             push(node, inst, "kubelet-args", KUBELET_ARGS, inst.address.apply(lambda a, node=node: render_flags([
                 f"--config={KUBELET_CONFIG}", f"--kubeconfig={KUBELET_CONF}", f"--node-ip={a}",
                 f"--hostname-override={node}", f"--node-labels=cplb.incus.dev/stack={ctx.stack}",
-            ], KUBELET_ARGS)), reload=kubelet, after=base)
+            ], KUBELET_ARGS)), reload=kubelet, deps=base)
             proxy = [
                 push(node, inst, "kube-proxy-conf", KUBE_PROXY_CONF, node_kubeconfig(node, "kube-proxy", "kube-proxy"),
                      secret=True, mode="0600", reload=kube_proxy),
@@ -187,6 +197,6 @@ class Workers(pulumi.ComponentResource):
                      reload=kube_proxy),
             ]
             push(node, inst, "kube-proxy-args", KUBE_PROXY_ARGS,
-                 render_flags([f"--config={KUBE_PROXY_CONFIG}"], KUBE_PROXY_ARGS), reload=kube_proxy, after=proxy)
+                 render_flags([f"--config={KUBE_PROXY_CONFIG}"], KUBE_PROXY_ARGS), reload=kube_proxy, deps=proxy)
         self.pushed = pulumi.Output.all(*[f.content_hash for f in files])
         self.register_outputs({"addresses": self.addresses})

@@ -27,6 +27,7 @@ class DemoWorkloadArgs:
     cluster: str
     kubeconfig: pulumi.Input[str]  # a secret, naming the cluster's balanced endpoint
     after: list  # the workers (and the balancer the kubeconfig names)
+    ready: list  # Outputs that resolve once those are in place (the workers' files, the balancers' outputs)
 
 
 class DemoWorkload(pulumi.ComponentResource):
@@ -34,9 +35,12 @@ class DemoWorkload(pulumi.ComponentResource):
         import pulumi_kubernetes as k8s
 
         super().__init__("cplb:k8s:DemoWorkload", name, None, opts)
+        # Waited for only once what it runs on is in place (the workers' files, the balancers' status read): the
+        # wait blocks the program's event loop, so it must not start before the rest of the stack is registered.
+        kubeconfig = pulumi.Output.secret(pulumi.Output.all(args.kubeconfig, *args.ready).apply(
+            lambda v: when_answering(v[0])))
         provider = k8s.Provider(
-            f"{name}-provider", kubeconfig=pulumi.Output.secret(pulumi.Output.from_input(args.kubeconfig).apply(
-                when_answering)),
+            f"{name}-provider", kubeconfig=kubeconfig,
             enable_server_side_apply=True, cluster_identifier=f"incus-cplb/{args.stack}/{args.cluster}",
             opts=pulumi.ResourceOptions(parent=self, depends_on=args.after))
         in_cluster = pulumi.ResourceOptions(parent=self, provider=provider)
@@ -59,8 +63,12 @@ class DemoWorkload(pulumi.ComponentResource):
                         "terminationGracePeriodSeconds": 5,
                         "containers": [{
                             "name": "web", "image": IMAGE, "imagePullPolicy": "Never",
-                            "ports": [{"name": f"p{p}", "containerPort": 8080, "hostPort": p} for p in PORTS],
-                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 2},
+                            # One httpd per port (a port each: the pod's port list is keyed by container port).
+                            "command": ["/bin/busybox", "sh", "-c", "hostname > /tmp/index.html && " + " && ".join(
+                                f"busybox httpd -p {8000 + p} -h /tmp" for p in PORTS[1:]) +
+                                f" && exec busybox httpd -f -p {8000 + PORTS[0]} -h /tmp"],
+                            "ports": [{"name": f"http-{p}", "containerPort": 8000 + p, "hostPort": p} for p in PORTS],
+                            "readinessProbe": {"tcpSocket": {"port": 8000 + PORTS[0]}, "periodSeconds": 2},
                             "resources": {"requests": {"cpu": "10m", "memory": "8Mi"},
                                           "limits": {"memory": "32Mi"}},
                             "securityContext": {"runAsNonRoot": True, "runAsUser": 65534,
@@ -71,4 +79,7 @@ class DemoWorkload(pulumi.ComponentResource):
                 },
             },
             opts=pulumi.ResourceOptions.merge(in_cluster, pulumi.ResourceOptions(depends_on=[ns])))
+        # Resolves once every pod is ready (the provider waits for the rollout); known at once in a preview.
+        self.ready: pulumi.Output[bool] = pulumi.Output.from_input(True) if pulumi.runtime.is_dry_run() else \
+            self.daemon_set.status.apply(lambda _: True)
         self.register_outputs({"namespace": NAMESPACE})

@@ -114,12 +114,26 @@ ALONE = "alone"
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
-    if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no":
+    # On an xdist worker `dist` reads "no" (xdist resets it there) and `loadgroup` says how the run distributes: the
+    # group markers must be added there, before xdist's own hook turns them into `@group` node ids (checking `dist`
+    # alone added none, and each test went to any worker: one module's fixture was booted on three workers).
+    if config.getoption("loadgroup", False) or config.getoption("dist", "no") == "loadgroup":
         order = {id(item): n for n, item in enumerate(items)}
         items.sort(key=lambda item: (_group(item) != ALONE, -EXPECTED_SECONDS.get(_group(item), 0), _group(item),
                                      order[id(item)]))
         for item in items:
             item.add_marker(pytest.mark.xdist_group(_group(item)))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    # After xdist's own hook has turned the group markers into `@group` node ids: a worker whose items carry none
+    # would distribute each test on its own (pytest-dev/pytest-xdist#1386), booting one module's fixture on every
+    # worker. Refuse to run so rather than fail in a hundred confusing ways.
+    if session.config.getoption("loadgroup", False) and session.items and \
+            not any("@" in item.nodeid for item in session.items):
+        raise pytest.UsageError("pytest-xdist did not apply the test groups (no `@group` node id): this pytest and "
+                                "pytest-xdist do not work together for --dist loadgroup; see requirements.txt")
 
 
 def _alone_done_file() -> str:

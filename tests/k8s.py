@@ -16,7 +16,7 @@ KUBECTL = os.path.join(TOOLS_BIN, "kubectl")
 def real_control_plane(name: str, cluster: str, count: int = 3, image: str = "cplb/control-plane", **extra) -> dict:
     """A control plane of `count` real members (`image`: cplb/control-plane-kube-vip where kube-vip runs)."""
     return {"name": name, "cluster": cluster, "count": count,
-            "instance": {"image": image, "limits": {"memory": "768MiB"}}, **extra}
+            "instance": {"image": image, "limits": {"memory": "1GiB"}}, **extra}
 
 
 def kubeconfig_ca(kubeconfig: str) -> str:

@@ -120,7 +120,7 @@ def test_dev_stack_workers_join_through_the_endpoint_and_serve_the_ingress(k8s):
         assert {(d["name"], d["port"]) for d in routing} == {(w, p) for w in workers for p in (80, 443)}
         # kubectl logs and exec go from the API server to the kubelet (its serving certificate verified).
         pod = sorted(pods)[0]
-        assert kube.ok("exec", "-n", "cplb-demo", pod, "--", "cat", "/tmp/index.html").strip() == pod
+        assert kube.ok("exec", "-n", "cplb-demo", pod, "--", "/bin/busybox", "cat", "/tmp/index.html").strip() == pod
     finally:
         kube.cleanup()
 
