@@ -20,7 +20,7 @@ from tests.k8s import ApiLoad, Kubectl, etcd_members, readyz_check, real_control
 pytestmark = pytest.mark.integration
 CLUSTER = "itetcdca"
 # The last commit before etcd had its own CA: the release a user's stack was made with.
-BEFORE = "0cd3c84"
+BEFORE = "d9a9313"
 
 
 def quiet(_):
