@@ -308,9 +308,6 @@ class ControlPlane(pulumi.ComponentResource):
         token = f"{ctx.stack}-{spec.cluster}"
         members = self.addresses.apply(lambda addrs: list(zip(self.names, addrs)))
         files: list[InstanceFile] = []
-        # A changed flags file restarts the member's etcd or kube-apiserver: member by member, in the members' rollout
-        # order, each only while the others are healthy and the next once it is healthy again (InstanceFile rollout).
-        restart_plan = self._health.apply(lambda h: {"health": h, "peers": list(self.names), "waitSeconds": 600})
         restart_etcd = restart_etcd_behind_a_drained_apiserver(spec.shutdown_delay_seconds)
 
         def push(node: str, inst, role: str, path: str, content, secret: bool = False, reload=None, after=(),
@@ -350,6 +347,12 @@ class ControlPlane(pulumi.ComponentResource):
             pulumi.log.info(f"{self._args.field}.count: {', '.join(joining)} join the running etcd cluster one at a "
                             "time, each as a learner first, promoted once it has caught up (quorum never changes "
                             "before that)")
+        # A changed flags file restarts the member's etcd or kube-apiserver: member by member, in the members' rollout
+        # order, each only while the other serving members are healthy and the next once it is healthy again
+        # (InstanceFile rollout). A member joining in this `up` is not waited for: it serves only once the chain
+        # reaches it, and it is a learner until then (quorum does not count it).
+        serving = [n for n in self.names if n not in joining]
+        restart_plan = self._health.apply(lambda h: {"health": h, "peers": serving, "waitSeconds": 600})
         peers = pulumi.Output.all(*[i.address for i in self.instances]).apply(
             lambda addrs: [[n, a] for n, a in zip(self.names, addrs)])
         first = self.names[0]
