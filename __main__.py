@@ -1,5 +1,6 @@
 """incus-cplb: load the stack config, build one component per balancer, export what users need."""
 
+import dataclasses
 import os
 
 import pulumi
@@ -12,6 +13,7 @@ from components.instance_group import InstanceGroup, InstanceGroupArgs
 from components.targets import resolve
 from facts import Facts
 from providers.incus_client import IncusError
+from providers.ownership import StackKey
 
 try:
     stack_spec = spec.from_pulumi_config()
@@ -22,6 +24,8 @@ try:
                        # `make upgrade`: the stack's instances roll to the newest version of their images.
                        upgrade=os.environ.get("CPLB_UPGRADE") == "1")
     strategies.check_all(ctx, stack_spec, facts)  # names, extensions, VIPs: before anything is registered
+    # The key behind every object's proof of ownership (providers/ownership.py): made once, kept in the state.
+    ctx = dataclasses.replace(ctx, owner_key=StackKey("stack-key").key)
     if stack_spec.kubernetes.publish and stack_spec.kubernetes.kubeconfig:
         from facts import kubernetes_access
 

@@ -26,6 +26,7 @@ class StackContext:
     ipv6: bool = False  # some balancer serves IPv6: instances wait for their SLAAC address too
     members: tuple = ()  # the Incus cluster's members by name; () on a standalone server
     upgrade: bool = False  # roll the stack's instances to the newest version of their images (`make upgrade`)
+    owner_key: Any = None  # the stack key (a secret Output): proves at creation that an object is the stack's
 
     def placement(self, target: Optional[str], replica: int) -> Optional[str]:
         """The member replica `replica` (1-based) of a balancer or control plane goes to: the one the config names,

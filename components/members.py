@@ -72,7 +72,7 @@ def build_members(parent: pulumi.Resource, ctx: StackContext, facts, group: Memb
             # On the member the instance is placed on (an Incus cluster's local pool keeps a volume on one member).
             volume = StorageVolume(f"{group.resource_names[i]}-state", name=f"{name}-state", pool=ctx.incus.storage_pool,
                                    connection=ctx.connection, credentials=ctx.credentials, owner_stack=ctx.stack,
-                                   owner_id=group.owner_id, target=placement.get("target"),
+                                   owner_id=group.owner_id, owner_key=ctx.owner_key, target=placement.get("target"),
                                    opts=pulumi.ResourceOptions(parent=parent))
             devices[STATE_DEVICE] = state_device(f"{name}-state", ctx.incus.storage_pool)
             depends.append(volume)
@@ -82,8 +82,8 @@ def build_members(parent: pulumi.Resource, ctx: StackContext, facts, group: Memb
         out[i] = Instance(
             group.resource_names[i], name=name, image=group.image, image_fingerprint=plan.fingerprint,
             connection=ctx.connection, credentials=ctx.credentials, address_families=ctx.address_families,
-            owner_stack=ctx.stack, owner_id=group.owner_id, config=group.config, devices=devices,
-            rebuild=rebuild, rollout=rollout,
+            owner_stack=ctx.stack, owner_id=group.owner_id, owner_key=ctx.owner_key, config=group.config,
+            devices=devices, rebuild=rebuild, rollout=rollout,
             opts=pulumi.ResourceOptions(parent=parent, depends_on=depends + ([previous] if previous else [])),
             **placement,
         )

@@ -33,6 +33,7 @@ from pulumi.dynamic import (
 
 from providers import rollout
 from providers.incus_client import Connection, IncusError, addresses_of, client_for
+from providers.ownership import PROOF, make_proof, not_proven_message, proven
 from providers.values import plain
 
 OWNER_STACK = "user.cplb.stack"
@@ -76,9 +77,23 @@ def create_request(props: dict) -> dict[str, Any]:
         "devices": props.get("devices") or {},
         "start": False,
     }
+    if props.get("ownerKey"):  # in the creating request itself: never an instance of ours without it
+        body["config"][PROOF] = make_proof(props["ownerKey"], "instance", _project(props), props["name"])
     if props.get("instanceType"):
         body["instance_type"] = props["instanceType"]
     return body
+
+
+def _project(props: dict) -> str:
+    return (props.get("connection") or {}).get("project") or "default"
+
+
+def check_adoptable(inst: dict, props: dict) -> None:
+    """An existing instance with our name is adopted (an `up` was killed while it made it) only when it carries our
+    labels and our proof (providers/ownership.py)."""
+    check_owner(inst, props)
+    if props.get("ownerKey") and not proven(props["ownerKey"], "instance", _project(props), inst["name"], inst):
+        raise IncusError(not_proven_message("instance", inst["name"]))
 
 
 def check_owner(inst: dict, props: dict) -> None:
@@ -131,7 +146,7 @@ class InstanceProvider(ResourceProvider):
         name = props["name"]
         existing = client.get_instance(name)
         if existing is not None:
-            check_owner(existing, props)  # ours, left by an interrupted `up`: adopt it
+            check_adoptable(existing, props)  # ours, left by an interrupted `up`: adopt it
             self._converge(client, name, props)
         else:
             params = {"target": props["target"]} if props.get("target") else None
@@ -344,6 +359,7 @@ class Instance(pulumi.dynamic.Resource, module="incus", name="Instance"):
         target: Optional[str] = None,
         ignore_addresses: Optional[list] = None,
         image_fingerprint: Optional[str] = None,
+        owner_key: Optional[pulumi.Input[str]] = None,
         oci: Optional[dict] = None,
         address_families: Optional[list] = None,
         rebuild: bool = False,
@@ -375,6 +391,10 @@ class Instance(pulumi.dynamic.Resource, module="incus", name="Instance"):
         }
         # Only when set, so existing resources see no new input. Neither is compared by diff: they say how an image
         # change is applied, not what the instance is.
-        props |= {k: v for k, v in {"rebuild": rebuild or None, "rollout": rollout}.items() if v is not None}
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["credentials"]))
+        # The stack key proves at creation that the instance is ours (providers/ownership.py); not compared by diff.
+        props |= {k: v for k, v in {"rebuild": rebuild or None, "rollout": rollout,
+                                    "ownerKey": pulumi.Output.secret(owner_key) if owner_key is not None else None,
+                                    }.items() if v is not None}
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+            additional_secret_outputs=["credentials", "ownerKey"]))
         super().__init__(InstanceProvider(), resource_name, props, opts)

@@ -21,6 +21,7 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider
 
 from providers.incus_client import Connection, IncusError, client_for
+from providers.ownership import PROOF, make_proof, not_proven_message, proven
 
 OWNER_STACK = "user.cplb.stack"
 OWNER_ID = "user.cplb.owner"
@@ -60,6 +61,15 @@ def check_owner(volume: dict, props: dict) -> None:
                          "stack's; incus-cplb never takes over a volume it did not create. Delete or rename it.")
 
 
+def check_adoptable(volume: dict, props: dict) -> None:
+    """Adopted (an `up` was killed while it made it) only with our labels and our proof: a volume made by someone
+    else would be mounted into our instance, its files read as the stack's."""
+    check_owner(volume, props)
+    project = (props.get("connection") or {}).get("project") or "default"
+    if props.get("ownerKey") and not proven(props["ownerKey"], "volume", project, props["name"], volume):
+        raise IncusError(not_proven_message(f"storage volume (pool {props['pool']!r})", props["name"]))
+
+
 def state_device(volume: str, pool: str) -> dict:
     return {"type": "disk", "pool": pool, "source": volume, "path": STATE_PATH}
 
@@ -69,11 +79,14 @@ class StorageVolumeProvider(ResourceProvider):
         client = client_for(_conn(props))
         existing = get_volume(client, props)
         if existing is not None:
-            check_owner(existing, props)  # ours, left by an interrupted `up`: adopt it
+            check_adoptable(existing, props)  # ours, left by an interrupted `up`: adopt it
         else:
+            config = {OWNER_STACK: props["ownerStack"], OWNER_ID: props["ownerId"]}
+            if props.get("ownerKey"):
+                project = (props.get("connection") or {}).get("project") or "default"
+                config[PROOF] = make_proof(props["ownerKey"], "volume", project, props["name"])
             client.call("POST", _path(props), json={
-                "name": props["name"], "type": "custom", "content_type": "filesystem",
-                "config": {OWNER_STACK: props["ownerStack"], OWNER_ID: props["ownerId"]},
+                "name": props["name"], "type": "custom", "content_type": "filesystem", "config": config,
             }, params=_where(props), what=f"create volume {props['name']}")
         return CreateResult(id_=f"{props['pool']}/{props['name']}", outs=dict(props))
 
@@ -102,10 +115,13 @@ class StorageVolume(pulumi.dynamic.Resource, module="incus", name="StorageVolume
 
     def __init__(self, resource_name: str, *, name: str, pool: str, connection: dict, owner_stack: str,
                  owner_id: str, credentials: Optional[pulumi.Input[dict]] = None, target: Optional[str] = None,
-                 opts: Optional[pulumi.ResourceOptions] = None):
+                 owner_key: Optional[pulumi.Input[str]] = None, opts: Optional[pulumi.ResourceOptions] = None):
         props = {"name": name, "pool": pool, "connection": connection, "credentials": credentials or {},
                  "ownerStack": owner_stack, "ownerId": owner_id}
         if target:  # only when set, so existing resources see no new input
             props["target"] = target
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["credentials"]))
+        if owner_key is not None:  # proves at creation that the volume is ours; not compared by diff
+            props["ownerKey"] = pulumi.Output.secret(owner_key)
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+            additional_secret_outputs=["credentials", "ownerKey"]))
         super().__init__(StorageVolumeProvider(), resource_name, props, opts)
