@@ -73,10 +73,23 @@ DnsLabel = Annotated[
     str,
     StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z]([a-z0-9-]*[a-z0-9])?$"),
 ]
-# An Incus object name (image alias, profile, pool, network, project): no spaces, quotes or newlines.
+# A local image alias (`cplb/haproxy`): no spaces, quotes or newlines; '/' is part of the alias grammar.
 IncusName = Annotated[
     str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 ]
+# The name of an Incus project, storage pool, profile or cluster member, in Incus's own grammar: it is one segment of
+# a REST URL path (`/1.0/profiles/<name>`), so no '/', and it starts with a letter or digit (never '.' or '..').
+IncusObjectName = Annotated[
+    str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+# A managed network's name is also the name of its Linux interface (bridge, OVN): at most 15 characters.
+NetworkName = Annotated[
+    str, StringConstraints(min_length=1, max_length=15, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+# `user.cplb.*` keys incus-cplb sets and reads itself (ownership, its proof, draining, a replica's balancer): never
+# a group's declared labels. `user.cplb.loadbalancer` is the selection label service balancers document.
+RESERVED_LABEL_PREFIX = "user.cplb."
+USER_LABELS_UNDER_RESERVED = frozenset({"user.cplb.loadbalancer"})
 # A `user.*` config key as used for labels.
 LabelKey = Annotated[
     str, StringConstraints(min_length=6, max_length=128, pattern=r"^user\.[A-Za-z0-9][A-Za-z0-9._/-]*$")
@@ -165,16 +178,17 @@ class IncusSpec(Model):
     )
     client_cert: Optional[str] = Field(None, alias="clientCert", description="Client certificate (PEM).")
     client_key: Optional[str] = Field(
-        None, alias="clientKey", description="Client key (PEM). Set it with `pulumi config set --secret`."
+        None, alias="clientKey", description="Client key (PEM). Set it from standard input, never on the command line (where `ps` shows "
+        "it): `pulumi config set --secret --path cplb:incus.clientKey < client.key`."
     )
     server_cert: Optional[str] = Field(
         None, alias="serverCert", description="Server certificate (PEM) to trust instead of the system CAs."
     )
-    project: IncusName = Field("default", description="Incus project for every object the stack creates.")
-    storage_pool: IncusName = Field(
+    project: IncusObjectName = Field("default", description="Incus project for every object the stack creates.")
+    storage_pool: IncusObjectName = Field(
         "default", alias="storagePool", description="Storage pool of the instances' root disks."
     )
-    network: IncusName = Field("incusbr0", description="Managed network the instances' eth0 attach to.")
+    network: NetworkName = Field("incusbr0", description="Managed network the instances' eth0 attach to.")
     subnet: Optional[str] = Field(
         None, pattern=r"^[0-9.]+/[0-9]{1,2}$",
         description="The IPv4 subnet of `network` as the gateway's address and prefix (e.g. 198.18.30.1/24), for a "
@@ -220,13 +234,13 @@ class InstanceSpec(Model):
 
     image: IncusName = Field(description="Local image alias, e.g. `cplb/haproxy`: the stack keeps the version its "
                              "instances run until `make upgrade`; `cplb/haproxy/<recipe>` names one version.")
-    profiles: list[IncusName] = Field(default_factory=list, description="Profiles applied in order.")
+    profiles: list[IncusObjectName] = Field(default_factory=list, description="Profiles applied in order.")
     limits: Limits = Field(default_factory=Limits, description="CPU and memory limits.")
     instance_type: Optional[str] = Field(
         None, alias="instanceType", description="Incus instance type, e.g. `c1-m1`.", pattern=r"^[a-z0-9.-]+$"
     )
-    target: Optional[IncusName] = Field(None, description="Cluster member to place the instance on.")
-    network: Optional[IncusName] = Field(
+    target: Optional[IncusObjectName] = Field(None, description="Cluster member to place the instance on.")
+    network: Optional[NetworkName] = Field(
         None, description="Network of eth0; default `cplb:incus.network` (an OVN network for `ovn` backends)."
     )
 
@@ -241,8 +255,19 @@ class InstanceGroupSpec(Model):
         description="How each instance is made.",
     )
     labels: dict[LabelKey, LabelValue] = Field(
-        default_factory=dict, description="`user.*` config keys set on every instance (selector labels)."
+        default_factory=dict, description="`user.*` config keys set on every instance (selector labels); not "
+        "`user.cplb.*`, which incus-cplb sets itself (ownership, draining), but for `user.cplb.loadbalancer`."
     )
+
+    @field_validator("labels")
+    @classmethod
+    def _not_ours(cls, labels: dict) -> dict:
+        taken = sorted(k for k in labels if k.startswith(RESERVED_LABEL_PREFIX) and k not in USER_LABELS_UNDER_RESERVED)
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: `user.cplb.*` keys are incus-cplb's own (ownership, its proof, "
+                             "draining by `user.cplb.disabled`, which an operator sets on a running instance); use "
+                             "another `user.*` key")
+        return labels
 
 
 class CertificatesSpec(Model):
@@ -537,7 +562,8 @@ class LxcSpec(VrrpAdvert):
     auth_pass: Optional[str] = Field(
         None, alias="authPass",
         description="VRRP password shared by the replicas, 1-8 characters (VRRP v2 PASS authentication; "
-        "longer is an error, not a silent truncation). Set it with `pulumi config set --secret --path`.",
+        "longer is an error, not a silent truncation). Set it from standard input: `pulumi config set --secret --path <key> < file` (never on the "
+        "command line, where `ps` shows it).",
         min_length=1, max_length=8, pattern=AUTH_PASS_PATTERN,
     )
 
@@ -556,14 +582,14 @@ class OciSpec(Model):
                           pattern=r"^https://[A-Za-z0-9.-]+(:\d+)?$")
     image: str = Field("library/haproxy:lts", description="Image reference in the registry: path[:tag][@digest].",
                        max_length=255, pattern=IMAGE_REFERENCE_PATTERN)
-    profiles: list[IncusName] = Field(default_factory=list)
+    profiles: list[IncusObjectName] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
 
 
 class OvnSpec(Model):
     """`type: ovn`: an Incus network load balancer on an OVN network."""
 
-    network_name: IncusName = Field(alias="networkName", description="The OVN network of the backends.")
+    network_name: NetworkName = Field(alias="networkName", description="The OVN network of the backends.")
     listen_address: IpAddress = Field(
         alias="listenAddress",
         description="Address of the balancer: inside the uplink's ipv4.ovn.ranges or ipv4.routes.",
@@ -787,7 +813,8 @@ class TsigSpec(Model):
     name: DnsName = Field(description="TSIG key name as the DNS server knows it.")
     algorithm: Literal["hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1"] = "hmac-sha256"
     secret: str = Field(description="Base64 key secret (as `tsig-keygen` prints it), at least 8 characters; set it "
-                        "with `pulumi config set --secret --path`.", min_length=8, max_length=1024)
+                        "from standard input: `pulumi config set --secret --path <key> < file` (never on the command "
+                        "line, where `ps` shows it).", min_length=8, max_length=1024)
 
     @field_validator("secret")
     @classmethod

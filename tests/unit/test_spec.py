@@ -227,6 +227,23 @@ INVALID = [
     ({"loadBalancers": [lb(balance="x" * 10000)]}, "cplb:loadBalancers[0].balance", "(10000 characters)"),
     ({"loadBalancers": [lb(targets={"selector": {"matchLabels": {"user.a\nb": "x"}}})]},
      'cplb:loadBalancers[0].targets.selector.matchLabels["user.a\\nb"]', "pattern"),
+    # Incus names are URL path segments: no '/', no '.' or '..' (`network: cplbbr0/../cplbbr0` was valid and reached
+    # the REST paths), and a network's name is an interface's (15 characters).
+    ({"incus": {"network": "br0/../br0"}}, "cplb:incus.network", "pattern"),
+    ({"incus": {"network": "a-network-name-of-16"}}, "cplb:incus.network", "15"),
+    ({"incus": {"project": ".."}}, "cplb:incus.project", "pattern"),
+    ({"incus": {"storagePool": "cplb/x"}}, "cplb:incus.storagePool", "pattern"),
+    ({"instanceGroups": [{"name": "cp", "instance": {"image": "cplb/demo-apiserver", "profiles": ["../default"]}}]},
+     "cplb:instanceGroups[0].instance.profiles[0]", "pattern"),
+    ({"instanceGroups": [{"name": "cp", "instance": {"image": "cplb/demo-apiserver", "target": "m1/../m2"}}]},
+     "cplb:instanceGroups[0].instance.target", "pattern"),
+    ({"loadBalancers": [lb(type="ovn", ovn={"networkName": "ovn/x", "listenAddress": "198.18.20.200"})]},
+     "cplb:loadBalancers[0].ovn.networkName", "pattern"),
+    # `user.cplb.*` keys are the project's own: a group may not declare its instances owned, proven or drained.
+    ({"instanceGroups": [{"name": "cp", "labels": {"user.cplb.owner": "lb/api"}}]},
+     "cplb:instanceGroups[0].labels", "incus-cplb's own"),
+    ({"instanceGroups": [{"name": "cp", "labels": {"user.cplb.disabled": "true"}}]},
+     "cplb:instanceGroups[0].labels", "user.cplb.disabled"),
 ]
 
 
@@ -345,3 +362,8 @@ def test_a_refused_kubeconfig_is_never_echoed():
         with pytest.raises(spec.SpecError) as exc:
             spec.parse({"loadBalancers": [lb()], "kubernetes": {"kubeconfig": bad, "cluster": "demo"}})
         assert "s3cr3t" not in str(exc.value) and "198.18.10.5" not in str(exc.value), str(exc.value)
+
+
+def test_a_service_balancer_s_selection_label_is_still_a_group_label():
+    parsed = spec.parse({"instanceGroups": [{"name": "web", "labels": {"user.cplb.loadbalancer": "ingress"}}]})
+    assert parsed.instance_groups[0].labels == {"user.cplb.loadbalancer": "ingress"}
