@@ -145,7 +145,7 @@ class HaproxyBalancer(pulumi.ComponentResource):
                     f"{name}-keepalived-conf-{n}",
                     instance=inst.name, instance_uuid=inst.uuid, path=KEEPALIVED_CONF, content=conf,
                     connection=ctx.connection, credentials=ctx.credentials,
-                    validate_command=KEEPALIVED_VALIDATE, reload_command=KEEPALIVED_RELOAD, opts=child,
+                    validate_command=KEEPALIVED_VALIDATE, reload_command=KEEPALIVED_RELOAD, opts=child, mode="0600",
                     redact=[lxc.auth_pass] if lxc.auth_pass else None,
                 ))
 

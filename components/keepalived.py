@@ -144,7 +144,7 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
             self.files.append(InstanceFile(
                 f"{name}-keepalived-{node.name}",
                 instance=node.name, instance_uuid=node.uuid, path=KEEPALIVED_CONF,
-                content=pulumi.Output.secret(content) if has_secret else content,
+                content=pulumi.Output.secret(content) if has_secret else content, mode="0600",
                 connection=ctx.connection, credentials=ctx.credentials,
                 validate_command=KEEPALIVED_VALIDATE, reload_command=KEEPALIVED_RELOAD,
                 redact=[vi.auth_pass for vi in ka.vrrp_instances if vi.auth_pass] or None,

@@ -78,8 +78,9 @@ def test_keepalived_vip_follows_api_server_health():
                                   ["address"], 6443) == second, 30)
 
         # The authPass reached the nodes, and nowhere else in plain text.
-        conf = incus().pull_file(nodes[0], "/etc/keepalived/keepalived.conf")[0].decode()
-        assert f"auth_pass {password}" in conf and f"virtual_router_id {vrid}" in conf
+        conf, mode = incus().pull_file(nodes[0], "/etc/keepalived/keepalived.conf")
+        assert f"auth_pass {password}" in conf.decode() and f"virtual_router_id {vrid}" in conf.decode()
+        assert mode == 0o600, oct(mode)  # readable by root alone on the node
         for where, text in (("state", project.state_text()), ("preview", pv.stdout), ("logs", "\n".join(logs)),
                             ("outputs", str(up.outputs))):
             assert password not in text, f"the VRRP password leaked into the {where}"

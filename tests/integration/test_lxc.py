@@ -192,8 +192,9 @@ def test_ha_pair_moves_the_vip_when_the_holder_dies(control_plane):
         preview = stack.preview(on_output=logs.append, diff=True)
         up = stack.up(on_output=logs.append)
         # The VRRP password reached the instances, and nowhere else in plain text.
-        conf = incus().pull_file(f"{name}-api-haproxy-1", "/etc/keepalived/keepalived.conf")[0].decode()
-        assert f"auth_pass {password}" in conf
+        conf, mode = incus().pull_file(f"{name}-api-haproxy-1", "/etc/keepalived/keepalived.conf")
+        assert f"auth_pass {password}" in conf.decode()
+        assert mode == 0o600, oct(mode)  # readable by root alone in the instance
         state = project.state_text()  # the state files as stored (export_stack would decrypt them)
         assert f"{name}-api-haproxy-1" in state
         for where, text in (("state", state), ("preview", preview.stdout), ("up log", "\n".join(logs)),
