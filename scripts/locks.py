@@ -1,0 +1,72 @@
+"""Is a stack's lock stale? `python scripts/locks.py stale LOCKS_DIR STACK` exits 0 when a lock of STACK was taken on
+this host by a process that is gone, else 1.
+
+A Pulumi file-backend lock names the process (`pid`, `hostname`) and when it was taken (`timestamp`). `kill -0`
+cannot tell a dead process from a live one of another user (both fail, the second with EPERM), and a PID is reused:
+so a lock is stale only when /proc has no such process, or the process there started after the lock was taken (then
+it is another one with the same PID).
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+import socket
+import sys
+from typing import Optional
+
+
+def started_at(pid: int) -> Optional[float]:
+    """When process `pid` started (Unix time), or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def taken_at(lock: dict) -> Optional[float]:
+    raw = str(lock.get("timestamp") or "")
+    if not raw:
+        return None
+    raw = raw.replace("Z", "+00:00")
+    if "." in raw:  # RFC 3339 with nanoseconds: Python reads microseconds
+        head, _, tail = raw.partition(".")
+        digits = "".join(c for c in tail if c.isdigit())
+        raw = f"{head}.{digits[:6]}{tail[len(digits):]}"
+    try:
+        return datetime.datetime.fromisoformat(raw).timestamp()
+    except ValueError:
+        return None
+
+
+def is_stale(lock: dict, host: str) -> bool:
+    """A lock of this host whose process is gone (2 s of slack for clocks read at different moments)."""
+    if lock.get("hostname") != host or not str(lock.get("pid") or "").isdigit():
+        return False
+    started, taken = started_at(int(lock["pid"])), taken_at(lock)
+    return started is None or (taken is not None and started > taken + 2)
+
+
+def stale(locks_dir: str, stack: str, host: Optional[str] = None) -> bool:
+    host = host or socket.gethostname()
+    for path in glob.glob(os.path.join(locks_dir, "**", stack, "*.json"), recursive=True):
+        try:
+            with open(path) as f:
+                lock = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if is_stale(lock, host):
+            return True
+    return False
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "stale":
+        sys.exit("usage: locks.py stale LOCKS_DIR STACK")
+    sys.exit(0 if stale(sys.argv[2], sys.argv[3]) else 1)
