@@ -343,18 +343,31 @@ class Facts:
         raise ValueError(f"{field}.ovn.listenAddress: {address} is not in the uplink {uplink!r} ipv4.ovn.ranges or "
                          f"ipv4.routes ({', '.join(allowed) or 'none set'})")
 
+    def ipv4_interface(self, network: str) -> Optional[ipaddress.IPv4Interface]:
+        """The network's gateway address and IPv4 subnet (from Incus, or cplb:incus.subnet for a network whose
+        addresses Incus does not manage, such as macvlan onto the hosts' LAN); None when neither says."""
+        cidr = ((self.network(network) or {}).get("config") or {}).get("ipv4.address", "")
+        if (not cidr or cidr == "none") and self.incus.subnet:
+            cidr = self.incus.subnet
+        return ipaddress.IPv4Interface(cidr) if cidr and cidr != "none" else None
+
+    def check_cluster_ranges(self, field: str, cluster, network: str) -> None:
+        """A cluster's Service and pod ranges stay off the network its instances (and the balancers) are on: a
+        ClusterIP or pod address there would shadow a real host, and kube-proxy would capture its traffic."""
+        iface = self.ipv4_interface(network)
+        for key, cidr in (("serviceCIDR", cluster.service_cidr), ("workers.podCIDR", cluster.workers.pod_cidr)):
+            if iface is not None and ipaddress.IPv4Network(cidr).overlaps(iface.network):
+                raise ValueError(f"{field}.{key}: {cidr} overlaps network {network!r} ({iface.network}), where the "
+                                 "instances and the balancers' addresses are; pick a range outside it")
+
     def check_vip(self, field: str, vip: str, network: str, prefix: Optional[int] = None) -> int:
         """The VIP must sit in the bridge's subnet, outside its DHCP range. Returns the prefix length.
         `prefix`: the VIP's own prefix length, which must be the subnet's (keepalived puts it on the interface)."""
         cfg = (self.network(network) or {}).get("config") or {}
-        cidr = cfg.get("ipv4.address", "")
-        if (not cidr or cidr == "none") and self.incus.subnet:
-            # A network whose addresses Incus does not manage (macvlan onto the hosts' LAN): the stack says which.
-            cidr = self.incus.subnet
-        if not cidr or cidr == "none":
+        iface = self.ipv4_interface(network)
+        if iface is None:
             raise ValueError(f"{field}: network {network!r} has no IPv4 subnet for the VIP (for a macvlan or "
                              "physical network, say which in cplb:incus.subnet)")
-        iface = ipaddress.ip_interface(cidr)
         addr = ipaddress.ip_address(vip)
         if addr not in iface.network or addr in (iface.ip, iface.network.network_address,
                                                  iface.network.broadcast_address):

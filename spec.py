@@ -1041,6 +1041,30 @@ class LoadBalancerSpec(Model):
     def uses_haproxy(self) -> bool:
         return self.type in ("lxc", "oci") or (self.type == "keepalived" and self.keepalived.mode != "ipvs")
 
+    def claimed_addresses(self) -> list[tuple[str, str]]:
+        """(address, key path under the balancer) of every address this balancer itself takes: its VIPs and its
+        listen address. Two balancers never share one, and none is its own backend."""
+        if self.type in ("lxc", "oci") and self.lxc_spec.vip:
+            return [(self.lxc_spec.vip, "lxc.vip")]
+        if self.type == "keepalived":
+            return [(vip.split("/")[0], f"keepalived.vrrpInstances[{j}].virtualIPs[{k}]")
+                    for j, vi in enumerate(self.keepalived.vrrp_instances) for k, vip in enumerate(vi.virtual_ips)]
+        if self.type == "ovn":
+            return [(self.ovn.listen_address, "ovn.listenAddress")]
+        if self.type == "external" and self.external.kube_vip:
+            return [(self.external.kube_vip.vip, "external.kubeVip.vip")]
+        return []
+
+    @model_validator(mode="after")
+    def _not_its_own_backend(self):
+        # haproxy (or OVN) would connect to itself, once per connection, until it runs out of sockets.
+        own = {ipaddress.ip_address(a): where for a, where in self.claimed_addresses()}
+        for i, target in enumerate(self.targets.addresses if self.targets else []):
+            if ipaddress.ip_address(target.address) in own:
+                raise ValueError(f"targets.addresses[{i}].address {target.address} is this balancer's own "
+                                 f"{own[ipaddress.ip_address(target.address)]}: it would send to itself")
+        return self
+
     def incus_names(self) -> list[tuple[str, str]]:
         """(name without the stack prefix, key path) of every instance this balancer creates."""
         if self.type in ("lxc", "oci"):
@@ -1175,6 +1199,26 @@ class StackSpec(Model):
                 raise ValueError(f"loadBalancers: virtualRouterID {vrid} is used by both {seen[vrid]!r} and "
                                  f"{owner!r}; VRRP instances on one network need distinct IDs")
             seen[vrid] = owner
+        claimed: dict[Any, str] = {}
+        for i, lb in enumerate(self.load_balancers):
+            for address, where in lb.claimed_addresses():
+                key, ip = f"loadBalancers[{i}].{where}", ipaddress.ip_address(address)
+                if ip in claimed:
+                    raise ValueError(f"{key}: {address} is already {claimed[ip]}; one address, one balancer (two "
+                                     "would answer ARP for it, or fight over it in VRRP)")
+                claimed[ip] = key
+        services: list[tuple[Any, str]] = []
+        for i, cp in enumerate(self.control_planes):
+            key, net = f"controlPlanes[{i}].serviceCIDR", ipaddress.IPv4Network(cp.service_cidr)
+            for ip, where in claimed.items():
+                if ip in net:
+                    raise ValueError(f"{key} {cp.service_cidr} holds {ip} ({where}): Service ClusterIPs are "
+                                     "routed inside the cluster, so that address would not reach the balancer")
+            for other, where in services:
+                if net.overlaps(other):
+                    raise ValueError(f"{key} {cp.service_cidr} overlaps {where} {other}: each cluster needs its "
+                                     "own service range")
+            services.append((net, key))
         hostnames: dict[str, str] = {}
         api_roles: dict[str, str] = {}
         for lb in self.load_balancers:

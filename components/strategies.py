@@ -29,6 +29,7 @@ def check_all(ctx: StackContext, stack: StackSpec, facts: Facts) -> None:
         ctx.object_name(g.name, str(max(g.count, 1)))
         facts.image_fingerprint(f"cplb:instanceGroups[{i}].instance.image", g.instance.image)
     for i, c in enumerate(stack.control_planes):
+        facts.check_cluster_ranges(f"cplb:controlPlanes[{i}]", c, c.instance.network or ctx.incus.network)
         field = f"cplb:controlPlanes[{i}].instance.image"
         facts.image_fingerprint(field, c.instance.image)
         # What a balancer runs on the cluster's members must be in their image (kube-vip, for `external`).

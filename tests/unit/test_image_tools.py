@@ -24,6 +24,9 @@ class ImageFacts(facts.Facts):
     def image_fingerprint(self, field, alias):
         return alias
 
+    def network(self, name):
+        return {"config": {"ipv4.address": "198.18.10.1/24"}}
+
     def image_meta(self, fingerprint):
         tools = self._tools.get(fingerprint)
         return {"properties": {} if tools is None else {"cplb.tools": tools}}

@@ -239,6 +239,23 @@ INVALID = [
      "cplb:instanceGroups[0].instance.target", "pattern"),
     ({"loadBalancers": [lb(type="ovn", ovn={"networkName": "ovn/x", "listenAddress": "198.18.20.200"})]},
      "cplb:loadBalancers[0].ovn.networkName", "pattern"),
+    # An address a balancer takes is its alone, never its own backend, never inside a cluster's Service range.
+    ({"loadBalancers": [lb(lxc={"replicas": 2, "vip": "198.18.10.50"},
+                           targets={"addresses": [{"name": "a", "address": "198.18.10.50"}]})]},
+     "cplb:loadBalancers[0]", "this balancer's own lxc.vip"),
+    ({"loadBalancers": [lb(lxc={"replicas": 2, "vip": "198.18.10.50"}),
+                        lb(name="api2", lxc={"replicas": 2, "vip": "198.18.10.50", "virtualRouterID": 52})]},
+     "loadBalancers[1].lxc.vip", "already loadBalancers[0].lxc.vip"),
+    ({"loadBalancers": [lb(lxc={"replicas": 2, "vip": "198.18.10.50"}),
+                        {**ka(virtualRouterID=53), "name": "api2"}]},
+     "loadBalancers[1].keepalived.vrrpInstances[0].virtualIPs[0]", "already loadBalancers[0].lxc.vip"),
+    ({"loadBalancers": [lb(lxc={"replicas": 2, "vip": "198.19.0.20"})],
+      "controlPlanes": [{"name": "cp", "cluster": "demo"}]},
+     "controlPlanes[0].serviceCIDR", "holds 198.19.0.20 (loadBalancers[0].lxc.vip)"),
+    ({"loadBalancers": [lb(), lb(name="api2", cluster="other")],
+      "controlPlanes": [{"name": "cp", "cluster": "demo"}, {"name": "cp2", "cluster": "other",
+                                                            "serviceCIDR": "198.19.0.128/25"}]},
+     "controlPlanes[1].serviceCIDR", "overlaps controlPlanes[0].serviceCIDR"),
     # `user.cplb.*` keys are the project's own: a group may not declare its instances owned, proven or drained.
     ({"instanceGroups": [{"name": "cp", "labels": {"user.cplb.owner": "lb/api"}}]},
      "cplb:instanceGroups[0].labels", "incus-cplb's own"),
@@ -367,3 +384,15 @@ def test_a_refused_kubeconfig_is_never_echoed():
 def test_a_service_balancer_s_selection_label_is_still_a_group_label():
     parsed = spec.parse({"instanceGroups": [{"name": "web", "labels": {"user.cplb.loadbalancer": "ingress"}}]})
     assert parsed.instance_groups[0].labels == {"user.cplb.loadbalancer": "ingress"}
+
+
+def test_a_cluster_s_ranges_stay_off_the_instances_network():
+    from facts import Facts
+
+    facts = Facts(spec.IncusSpec())
+    facts.network = lambda name: {"config": {"ipv4.address": "198.18.10.1/24"}}
+    cluster = spec.parse({"loadBalancers": [lb()], "controlPlanes": [{"name": "cp", "cluster": "demo"}]}).control_planes[0]
+    facts.check_cluster_ranges("cplb:controlPlanes[0]", cluster, "cplbbr0")  # the defaults are clear of it
+    clash = cluster.model_copy(update={"service_cidr": "198.18.10.0/24"})
+    with pytest.raises(ValueError, match=r"cplb:controlPlanes\[0\]\.serviceCIDR: 198.18.10.0/24 overlaps network"):
+        facts.check_cluster_ranges("cplb:controlPlanes[0]", clash, "cplbbr0")
