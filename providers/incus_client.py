@@ -131,16 +131,23 @@ class IncusClient:
 
     def events_socket(self, websocket_client):
         """A ws4py client (of class `websocket_client`, not yet connected) for this project's lifecycle events, over
-        the same socket or HTTPS connection as every other call (the pinned server certificate verified)."""
+        the same socket or HTTPS connection as every other call, and verified as they are: against the pinned server
+        certificate, else the CAs requests trusts. (pylxd hands ws4py only the client certificate, and ws4py then
+        turns verification off: the events of any server that answered would have been believed.)"""
         import ssl
 
         from pylxd.client import EventType
 
         ws = self._pylxd.events(websocket_client=websocket_client, event_types={EventType.Lifecycle})
         ws.resource = f"/1.0/events?type=lifecycle&project={quote(self.conn.project, safe='')}"
-        if self._server_cert_file:
-            ws.ssl_options = {**(ws.ssl_options or {}), "ca_certs": self._server_cert_file,
-                              "cert_reqs": ssl.CERT_REQUIRED}
+        if self.conn.remote:
+            if self._server_cert_file:
+                trusted = self._server_cert_file
+            else:
+                import requests.certs
+
+                trusted = requests.certs.where()
+            ws.ssl_options = {**(ws.ssl_options or {}), "ca_certs": trusted, "cert_reqs": ssl.CERT_REQUIRED}
         return ws
 
     # --- low level ---------------------------------------------------------------------------------

@@ -149,3 +149,36 @@ def test_an_untrusted_client_certificate_is_refused_at_preview(https_incus):
         for line in key.strip().splitlines()[1:-1]:
             assert line not in text
         assert not instances_with_prefix(name)
+
+
+def test_the_events_socket_verifies_the_server_as_the_rest_calls_do(https_incus):
+    """The watch's event stream (IncusClient.events_socket) trusts what the REST calls trust: the pinned server
+    certificate, else the system's CAs; a server that shows anything else is refused. (ws4py turns verification off
+    unless told otherwise, and pylxd did not tell it: any server that answered was believed.)"""
+    import ssl
+
+    from ws4py.client import WebSocketBaseClient
+
+    from providers.incus_client import Connection, IncusClient
+
+    cert, key = https_incus["trusted"]
+    client = IncusClient(Connection(remote=https_incus["remote"], client_cert=cert, client_key=key,
+                                    server_cert=https_incus["serverCert"]))
+    pinned = client._server_cert_file
+
+    def connects() -> bool:
+        ws = client.events_socket(WebSocketBaseClient)
+        try:
+            ws.connect()
+        except ssl.SSLError:
+            return False
+        ws.close_connection()
+        return True
+
+    assert connects(), "the pinned server certificate did not open the event stream"
+    client._server_cert_file = client._memfile(https_incus["untrusted"][0])  # another certificate pinned
+    assert not connects(), "the event stream believed a server that is not the pinned one"
+    client._server_cert_file = None  # nothing pinned: the system's CAs, which never signed incusd's certificate
+    assert not connects(), "the event stream believed a server no trusted CA vouches for"
+    client._server_cert_file = pinned
+    assert connects()
