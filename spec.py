@@ -746,6 +746,11 @@ class KeepalivedSpec(Model):
     virtual_servers: list[VirtualServerSpec] = Field(default_factory=list, alias="virtualServers")
     mode: Literal["auto", "ipvs", "userspace"] = Field(
         "auto", description="ipvs: keepalived virtual servers; userspace: haproxy on every node; auto: detect IPVS.")
+    trusted_nodes: list[DnsLabel] = Field(
+        default_factory=list, alias="trustedNodes", max_length=64,
+        description="Instances the stack did not make (made by Cluster API, kubeadm or a person) that may receive "
+        "keepalived.conf when a VRRP instance has an authPass. The stack's own instances always do; any other "
+        "instance the targets select is reported and gets nothing: labels alone do not earn the password or the VIP.")
 
     @model_validator(mode="after")
     def _unique(self):

@@ -137,7 +137,16 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
         addresses = pulumi.Output.all(*[n.address for n in nodes])
         self.files: list[InstanceFile] = []
         verify = lb.health_check.scheme == "https" and args.cluster_ca is not None
+        # keepalived.conf holds the VRRP password and makes its node a VIP holder: with a password it goes only to
+        # the stack's own instances and those the config names. Labels anyone in the project can set earn neither.
+        untrusted = {n.name for n in nodes if has_secret and n.resource is None and n.name not in ka.trusted_nodes}
+        if untrusted:
+            pulumi.log.warn(f"{args.field}: {', '.join(sorted(untrusted))} match the targets but are neither this "
+                            f"stack's instances nor in {args.field}.keepalived.trustedNodes: they get no "
+                            "keepalived.conf (it holds the VRRP password) and never hold the VIP")
         for i, node in enumerate(nodes):
+            if node.name in untrusted:
+                continue
             content = addresses.apply(lambda addrs, i=i, node=node: render_node_conf(
                 ctx.stack, lb, node.name, i, list(addrs), mode))
             deps = [node.resource] if node.resource else []

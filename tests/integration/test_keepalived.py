@@ -7,7 +7,8 @@ import pytest
 
 from tests.helpers import (
     fresh_router_id, fresh_vip,
-    base_config, http_get, incus, instances_with_prefix, pulumi_stack, service_down, service_up, vip_holders, wait_for,
+    base_config, http_get, incus, instances_with_prefix, launch_external, pulumi_stack, service_down, service_up,
+    vip_holders, wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -46,9 +47,17 @@ def test_keepalived_vip_follows_api_server_health():
     with pulumi_stack(config(cluster, vip, vrid)) as (project, name, stack):
         stack.set_config("cplb:loadBalancers[0].keepalived.vrrpInstances[0].authPass",
                          ConfigValue(password, secret=True), path=True)
+        # Someone else's instance with the cluster's labels (and keepalived in its image), named to sort first: it
+        # is selected, but it is not the stack's, so it gets neither the password nor a share of the VIP.
+        stranger = f"{name}-0-stranger"
+        launch_external(stranger, {"user.cluster-name": cluster, "user.cluster-role": "control-plane"},
+                        image="cplb/haproxy")
         logs = []
         pv = stack.preview(on_output=logs.append, diff=True)
         up = stack.up(on_output=logs.append)
+        assert f"{stranger} match the targets but are neither this stack's instances" in "\n".join(logs)
+        pushed = incus().pull_file(stranger, "/etc/keepalived/keepalived.conf")
+        assert pushed is None or password.encode() not in pushed[0], "the VRRP password reached a stranger"
         out = up.outputs["loadBalancers"].value["api"]
         assert out["endpoint"] == f"{vip}:6443" and out["mode"] == "userspace"
         nodes = [f"{name}-cp-{n}" for n in (1, 2, 3)]
@@ -77,6 +86,7 @@ def test_keepalived_vip_follows_api_server_health():
         wait_for(lambda: http_get(incus().wait_for_address(second)["state"]["network"]["eth0"]["addresses"][0]
                                   ["address"], 6443) == second, 30)
 
+        assert stranger not in vip_holders(name, vip)
         # The authPass reached the nodes, and nowhere else in plain text.
         conf, mode = incus().pull_file(nodes[0], "/etc/keepalived/keepalived.conf")
         assert f"auth_pass {password}" in conf.decode() and f"virtual_router_id {vrid}" in conf.decode()
