@@ -286,3 +286,47 @@ def test_valid_odd_values_render_and_pass(baselines):
     kind, files = outcome(next(f for f in FIELDS if f.key == "lxc.authPass"), "a%^&*()b")
     assert kind == "rendered" and "auth_pass a%^&*()b\n" in files["keepalived"]
     real_validator("keepalived", files["keepalived"])
+
+
+# --- cross-field rules (issue 30: 11-14), property-based -----------------------------------------------------
+
+POOL = ["198.18.10.50", "198.18.10.51", "198.18.10.52", "198.19.0.9"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(vips=st.lists(st.sampled_from(POOL), min_size=2, max_size=3),
+       targets=st.lists(st.sampled_from(POOL), max_size=2, unique=True), cp=st.booleans())
+def test_an_address_is_one_balancer_s_and_never_its_own_backend_or_a_service_ip(vips, targets, cp):
+    """Balancers with VIPs drawn from a small pool (so they collide), static targets from the same pool, and a
+    control plane whose serviceCIDR (198.19.0.0/24) holds one of them: the config parses exactly when no VIP is
+    taken twice, no balancer sends to its own VIP and no VIP is a ClusterIP; otherwise the error names a key path."""
+    lbs = [{"name": f"api{i}", "cluster": "demo", "type": "lxc",
+            "lxc": {"replicas": 2, "vip": vip, "virtualRouterID": 60 + i},
+            **({"targets": {"addresses": [{"name": f"t{j}", "address": a} for j, a in enumerate(targets)]}}
+               if i == 0 and targets else {})} for i, vip in enumerate(vips)]
+    values = {"loadBalancers": lbs, **({"controlPlanes": [{"name": "cp", "cluster": "demo"}]} if cp else {})}
+    clean = (len(set(vips)) == len(vips) and vips[0] not in targets
+             and not (cp and any(v.startswith("198.19.0.") for v in vips)))
+    try:
+        spec.parse(values)
+    except spec.SpecError as exc:
+        assert not clean, str(exc)
+        assert "cplb:" in str(exc) and ("loadBalancers[" in str(exc) or "serviceCIDR" in str(exc)), str(exc)
+        return
+    assert clean, values
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.one_of(st.from_regex(r"\Auser\.[a-z][a-z0-9.-]{0,20}\Z"),
+                     st.from_regex(r"\A[a-z][a-z0-9-]{0,12}\Z").map(lambda s: "user.cplb." + s),
+                     st.just("user.cplb.loadbalancer")))
+def test_a_group_declares_no_key_of_the_project_s_own(key):
+    """Any `user.cplb.*` key but the documented selection label is refused in a group's labels, with its path."""
+    ours = key.startswith("user.cplb.") and key != "user.cplb.loadbalancer"
+    try:
+        spec.parse({"instanceGroups": [{"name": "cp", "labels": {key: "x"}}]})
+    except spec.SpecError as exc:
+        assert ours, str(exc)
+        assert "cplb:instanceGroups[0].labels" in str(exc)
+        return
+    assert not ours, key
