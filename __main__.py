@@ -24,14 +24,15 @@ try:
                        # `make upgrade`: the stack's instances roll to the newest version of their images.
                        upgrade=os.environ.get("CPLB_UPGRADE") == "1")
     strategies.check_all(ctx, stack_spec, facts)  # names, extensions, VIPs: before anything is registered
-    # The key behind every object's proof of ownership (providers/ownership.py): made once, kept in the state.
-    ctx = dataclasses.replace(ctx, owner_key=StackKey("stack-key").key)
     if stack_spec.kubernetes.publish and stack_spec.kubernetes.kubeconfig:
         from facts import kubernetes_access
 
         kubernetes_access("cplb:kubernetes.kubeconfig", stack_spec.kubernetes.kubeconfig)
 except (spec.SpecError, ValueError, IncusError) as exc:
     raise pulumi.RunError(str(exc)) from None
+# Every pre-flight check passed: the first resource. The key behind every object's proof of ownership
+# (providers/ownership.py), made once and kept in the state.
+ctx = dataclasses.replace(ctx, owner_key=StackKey("stack-key").key)
 
 try:
     groups = {
