@@ -59,8 +59,11 @@ KEEPALIVED_RELOAD = ["sh", "-c", "if [ -s /run/keepalived.pid ]; then kill -HUP 
 class RenderedBackend:
     """A backend as the template sees it: addresses already resolved and checked."""
 
-    def __init__(self, name: str, address: str, address6: str = ""):
+    def __init__(self, name: str, address: str, address6: str = "", verify_name: str = ""):
         self.name, self.address, self.address6 = name, address, address6
+        # An instance's name, which its serving certificate carries (providers/pki.py): `https` checks against the
+        # cluster CA also verify it, so a certificate of another member, or of nobody, never makes it healthy.
+        self.verify_name = verify_name
 
     def __getitem__(self, attr: str) -> str:
         return getattr(self, attr)
@@ -114,5 +117,7 @@ def haproxy_drain(lb: LoadBalancerSpec) -> dict:
 def rendered_backends(backends) -> "pulumi.Output[list[RenderedBackend]]":
     from components.targets import rows_of
 
+    instances = {b.name for b in backends if b.source != "address"}
     return rows_of([(b.name, b.address, b.address6) for b in backends]).apply(
-        lambda rows: [RenderedBackend(n, a or "", a6 or "") for n, a, a6 in rows if a or a6])
+        lambda rows: [RenderedBackend(n, a or "", a6 or "", n if n in instances else "") for n, a, a6 in rows
+                      if a or a6])

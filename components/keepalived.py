@@ -167,7 +167,7 @@ class KeepalivedLoadBalancer(pulumi.ComponentResource):
                         opts=pulumi.ResourceOptions(parent=self, depends_on=deps))]
                     self.files.append(deps[-1])
                 haproxy_cfg = addresses.apply(lambda addrs: render_haproxy(
-                    ctx.stack, lb, [RenderedBackend(n, a) for n, a in zip(names, addrs) if a], ipv4_binds=vips,
+                    ctx.stack, lb, [RenderedBackend(n, a, verify_name=n) for n, a in zip(names, addrs) if a], ipv4_binds=vips,
                     ca_file=CLUSTER_CA if verify else ""))
                 self.files.append(InstanceFile(
                     f"{name}-haproxy-{node.name}",

@@ -153,3 +153,30 @@ def test_the_controllers_flags_fit_the_flags_grammar_and_name_their_own_kubeconf
         assert "--bind-address=127.0.0.1\n" in text  # health and metrics on loopback only
     assert f"--service-cluster-ip-range={spec.service_cidr}\n" in render_flags(
         controller_flags("kube-controller-manager", spec), "x")
+
+
+def test_checks_that_verify_the_cluster_ca_also_verify_each_instance_s_name(tmp_path):
+    """A member's serving certificate names the member (providers/pki.py); where checks verify the cluster CA, each
+    instance's check verifies its name too (check-sni, verifyhost), so another member's certificate, or a stranger's
+    from the same CA, never makes it healthy. Static addresses (no instance name) and the fail-open backend (a
+    connect check) carry none; haproxy accepts the file."""
+    from components.haproxy import RenderedBackend, render_haproxy
+
+    lb = spec.parse({"loadBalancers": [{"name": "api", "cluster": "demo", "type": "lxc", "healthCheck": {
+        "mode": "https"}, "ports": [{"name": "api", "port": 6443}]}]}).load_balancers[0]
+    backends = [RenderedBackend("s-cp-1", "198.18.10.101", "", verify_name="s-cp-1"),
+                RenderedBackend("static-1", "198.18.10.102", "")]
+    ca = tmp_path / "ca.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(tmp_path / "ca.key"), "-out", str(ca), "-days", "1", "-subj", "/CN=ca"],
+                   check=True, capture_output=True)
+    text = render_haproxy("s", lb, backends, ca_file=str(ca))
+    checked = text.split("backend be_api\n", 1)[1].split("\n\n", 1)[0]
+    assert "server s-cp-1 198.18.10.101:6443 check-sni s-cp-1 verifyhost s-cp-1\n" in checked + "\n", checked
+    assert "server static-1 198.18.10.102:6443\n" in checked + "\n", checked
+    assert "verifyhost" not in text.split("backend be_api_open\n", 1)[1].split("\n\n", 1)[0]
+    assert "verifyhost" not in render_haproxy("s", lb, backends)  # no CA known: nothing to verify a name against
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text)
+    r = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
