@@ -133,7 +133,13 @@ class EtcdMemberProvider(_DecidedOnce):
             peers = other_peers(props)
             members = ask_any(peers, "list", {}, props["tls"]).get("members") or []
             if find(members, url) is None:  # not added by an `up` that stopped after it
-                members = ask_any(peers, "add", {"peerURLs": [url], "isLearner": True}, props["tls"])["members"]
+                try:
+                    members = ask_any(peers, "add", {"peerURLs": [url], "isLearner": True}, props["tls"])["members"]
+                except EtcdRefused as exc:
+                    # A peer that timed out may have added it all the same, and the next one then says so.
+                    if "already exists" not in str(exc):
+                        raise
+                    members = ask_any(peers, "list", {}, props["tls"]).get("members") or []
             outs["initialCluster"] = initial_cluster(members, props["name"], url)
         return CreateResult(id_=props["name"], outs=outs)
 
@@ -191,6 +197,10 @@ class EtcdPromotionProvider(_DecidedOnce):
             try:
                 ask_any(peers, "promote", {"ID": member["ID"]}, props["tls"])
             except EtcdError as exc:
+                # A peer that timed out may have promoted it all the same, and the next one then refuses ("can only
+                # promote a learner member"): the list above says so on the next turn (seen under a loaded CPU).
+                if "can only promote a learner member" in str(exc) and "in sync" not in str(exc):
+                    continue
                 # A learner is promoted only once it has caught up with the leader's log.
                 if "in sync" not in str(exc) or time.monotonic() >= deadline:
                     raise

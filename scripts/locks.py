@@ -1,5 +1,10 @@
-"""Is a stack's lock stale? `python scripts/locks.py stale LOCKS_DIR STACK` exits 0 when a lock of STACK was taken on
-this host by a process that is gone, else 1.
+"""What a killed `pulumi` leaves in the file backend, and its repair.
+
+`python scripts/locks.py stale LOCKS_DIR STACK` exits 0 when a lock of STACK was taken on this host by a process that
+is gone, else 1. `python scripts/locks.py repair BACKEND_DIR STACK` puts back the stack's checkpoint from the backup
+the backend wrote before its last save, when the checkpoint itself is empty or cut (a CLI killed while it saved: seen
+once in a SIGKILL test, "failed to load checkpoint: EOF", after which no command worked on the stack). What the lost
+save recorded is found again by the next `up`: the objects it made carry their proof of ownership and are adopted.
 
 A Pulumi file-backend lock names the process (`pid`, `hostname`) and when it was taken (`timestamp`). `kill -0`
 cannot tell a dead process from a live one of another user (both fail, the second with EPERM), and a PID is reused:
@@ -66,7 +71,34 @@ def stale(locks_dir: str, stack: str, host: Optional[str] = None) -> bool:
     return False
 
 
+def _readable(path: str) -> bool:
+    try:
+        with open(path) as f:
+            json.load(f)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def repair(backend_dir: str, stack: str) -> list[str]:
+    """Checkpoints of `stack` that were cut and are put back from their backup; [] when none was."""
+    repaired = []
+    for path in glob.glob(os.path.join(backend_dir, ".pulumi", "stacks", "**", f"{stack}.json"), recursive=True):
+        if not _readable(path) and _readable(path + ".bak"):
+            os.replace(path, path + ".cut")  # kept for a look, never read again
+            with open(path + ".bak") as src, open(path + ".tmp", "w") as dst:
+                dst.write(src.read())
+            os.replace(path + ".tmp", path)
+            repaired.append(path)
+    return repaired
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "stale":
-        sys.exit("usage: locks.py stale LOCKS_DIR STACK")
-    sys.exit(0 if stale(sys.argv[2], sys.argv[3]) else 1)
+    if len(sys.argv) == 4 and sys.argv[1] == "stale":
+        sys.exit(0 if stale(sys.argv[2], sys.argv[3]) else 1)
+    if len(sys.argv) == 4 and sys.argv[1] == "repair":
+        for path in repair(sys.argv[2], sys.argv[3]):
+            print(f"stack {sys.argv[3]}: its checkpoint was cut by a killed run; put back from the backup taken "
+                  f"before that run's last save ({path}.cut kept)")
+        sys.exit(0)
+    sys.exit("usage: locks.py stale LOCKS_DIR STACK | locks.py repair BACKEND_DIR STACK")

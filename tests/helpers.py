@@ -210,6 +210,17 @@ class ProjectCopy:
         ws = auto.LocalWorkspaceOptions(work_dir=self.dir, env_vars=self.env, pulumi_home=self.env["PULUMI_HOME"])
         return auto.create_or_select_stack(name, work_dir=self.dir, opts=ws)
 
+    def after_a_kill(self, name: str, stack) -> None:
+        """What scripts/stack does before the next command on a stack whose CLI was killed: a checkpoint cut in the
+        middle of its save is put back from the backend's backup (scripts/locks.py), and the lock is cleared."""
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("cplb_locks", os.path.join(ROOT, "scripts", "locks.py"))
+        locks = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(locks)
+        locks.repair(os.path.join(self.dir, ".backend"), name)
+        stack.cancel()
+
     def state_text(self) -> str:
         """Everything the file backend stores, as text (checkpoints and backups)."""
         out = []

@@ -40,6 +40,6 @@ def test_sigkill_during_up_then_up_converges():
 
         # The killed CLI leaves the stack locked: `pulumi cancel` (scripts/stack does it by itself when the
         # locking process is gone), then the next `up`, refreshing first as `make up` does, converges.
-        stack.cancel()
+        project.after_a_kill(name, stack)
         up_converges(stack, name, made_before)
         print(f"\nSIGKILL during up: {len(made_before)} instance(s) existed at the kill; the next up adopted them")

@@ -57,3 +57,17 @@ def test_the_stack_s_lock_file_is_found_in_the_backend_layout(tmp_path):
     (directory / "x.json").write_text(json.dumps(lock(gone_pid(), locks.started_at(os.getpid()) + 1)))
     assert locks.stale(str(tmp_path / "locks"), "dev")
     assert not locks.stale(str(tmp_path / "locks"), "prod")
+
+
+def test_a_checkpoint_cut_by_a_killed_save_is_put_back_from_the_backup(tmp_path):
+    stacks = tmp_path / ".pulumi" / "stacks" / "incus-cplb"
+    stacks.mkdir(parents=True)
+    (stacks / "dev.json").write_text("")  # "failed to load checkpoint: EOF"
+    (stacks / "dev.json.bak").write_text('{"version": 3, "checkpoint": {"stack": "dev"}}')
+    (stacks / "prod.json").write_text('{"version": 3}')
+    (stacks / "prod.json.bak").write_text('{"version": 2}')
+    assert locks.repair(str(tmp_path), "dev") == [str(stacks / "dev.json")]
+    assert json.loads((stacks / "dev.json").read_text())["checkpoint"]["stack"] == "dev"
+    assert (stacks / "dev.json.cut").read_text() == ""
+    assert locks.repair(str(tmp_path), "prod") == []  # a readable checkpoint is never touched
+    assert json.loads((stacks / "prod.json").read_text()) == {"version": 3}
