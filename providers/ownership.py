@@ -15,7 +15,6 @@ vouch for another made with the same name afterwards.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import hmac
 import secrets
@@ -24,6 +23,8 @@ from typing import Optional
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider
+
+from providers.values import unix_time
 
 PROOF = "user.cplb.proof"
 # How far the Incus server's clock (created_at) may be from the stack's (t): a remote server's clock may be off.
@@ -40,19 +41,8 @@ def make_proof(key: str, kind: str, project: str, name: str, now: Optional[float
 
 
 def created_at(obj: dict) -> Optional[float]:
-    """Incus's `created_at` (RFC 3339 with nanoseconds) as a Unix time; None when absent or unreadable."""
-    raw = str(obj.get("created_at") or "")
-    if not raw or raw.startswith("0001-"):
-        return None
-    raw = raw.replace("Z", "+00:00")
-    if "." in raw:  # Python reads at most microseconds
-        head, _, tail = raw.partition(".")
-        digits = "".join(c for c in tail if c.isdigit())
-        raw = f"{head}.{digits[:6]}{tail[len(digits):]}"
-    try:
-        return datetime.datetime.fromisoformat(raw).timestamp()
-    except ValueError:
-        return None
+    """Incus's `created_at` as a Unix time; None when absent or unreadable."""
+    return unix_time(obj.get("created_at") or "")
 
 
 def proven(key: str, kind: str, project: str, name: str, obj: dict) -> bool:

@@ -14,13 +14,15 @@ it is another one with the same PID).
 
 from __future__ import annotations
 
-import datetime
 import glob
 import json
 import os
 import socket
 import sys
 from typing import Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
+from providers.values import unix_time  # noqa: E402
 
 
 def started_at(pid: int) -> Optional[float]:
@@ -36,18 +38,7 @@ def started_at(pid: int) -> Optional[float]:
 
 
 def taken_at(lock: dict) -> Optional[float]:
-    raw = str(lock.get("timestamp") or "")
-    if not raw:
-        return None
-    raw = raw.replace("Z", "+00:00")
-    if "." in raw:  # RFC 3339 with nanoseconds: Python reads microseconds
-        head, _, tail = raw.partition(".")
-        digits = "".join(c for c in tail if c.isdigit())
-        raw = f"{head}.{digits[:6]}{tail[len(digits):]}"
-    try:
-        return datetime.datetime.fromisoformat(raw).timestamp()
-    except ValueError:
-        return None
+    return unix_time(lock.get("timestamp") or "")
 
 
 def is_stale(lock: dict, host: str) -> bool:
