@@ -36,10 +36,10 @@ CPLB7_REGISTRY_PORT=${CPLB7_REGISTRY_PORT:-5000}
 # The Debian mirror this machine already uses, read from its own apt sources (no host name is written here).
 debian_mirror() {
     local uri
-    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)
+    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null)
     if [ -z "$uri" ]; then
         uri=$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
-            /etc/apt/sources.list 2>/dev/null | head -n1)
+            /etc/apt/sources.list 2>/dev/null)
     fi
     [ -n "$uri" ] || { echo "no Debian mirror found in /etc/apt/sources.list(.d)" >&2; return 1; }
     echo "$uri"

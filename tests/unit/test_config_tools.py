@@ -134,3 +134,22 @@ def test_every_file_the_readme_and_docs_name_exists():
                 if not glob.glob(os.path.join(ROOT, path)):
                     missing.add(f"{os.path.relpath(document, ROOT)}: {named}")
     assert not missing, sorted(missing)
+
+
+def shell_scripts():
+    for path in sorted(glob.glob(os.path.join(ROOT, "scripts", "**", "*"), recursive=True) + [os.path.join(ROOT, ".ci", "run")]):
+        if os.path.isfile(path):
+            with open(path, errors="replace") as f:
+                text = f.read()
+            if text.startswith("#!") and "sh" in text.splitlines()[0] or path.endswith(".sh"):
+                yield os.path.relpath(path, ROOT), text
+
+
+def test_no_pipe_into_a_reader_that_stops_early_under_pipefail():
+    """`cmd | head -n1` under `set -o pipefail` fails with 141 whenever cmd writes after head has gone (a CI run
+    failed so on `runc --version`). `sed -n 1p` reads everything and leaves the status alone."""
+    offenders = [f"{path}:{n}: {line.strip()}" for path, text in shell_scripts()
+                 for n, line in enumerate(text.splitlines(), 1)
+                 if re.search(r"\|\s*head\b", line) and not line.lstrip().startswith("#")]
+    assert offenders == [], offenders
+    assert any(path == "scripts/setup" for path, _ in shell_scripts())
