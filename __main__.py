@@ -124,7 +124,9 @@ if stack_spec.kubernetes.publish:
     from components.publish import Publication, PublicationArgs, Published
 
     for cluster in sorted({lb.cluster for lb in stack_spec.load_balancers}):
-        access = (control_planes[cluster].kubeconfig if cluster in control_planes
+        # The stack's own clusters: the publication's scoped credential (components/access.py); another cluster:
+        # the user's kubeconfig.
+        access = (control_planes[cluster].publisher_kubeconfig if cluster in control_planes
                   else pulumi.Output.secret(stack_spec.kubernetes.kubeconfig))
         Publication(f"{cluster}-publish", PublicationArgs(
             stack=ctx.stack, cluster=cluster, kubeconfig=access,

@@ -23,10 +23,12 @@ import pulumi
 
 import health
 from components.common import StackContext, instance_config
+from components.access import scoped_objects
 from components.kubefiles import kubeconfig, render_flags
 from components.members import Members, build_members
 from providers.etcd_member import EtcdMember, EtcdPromotion
 from providers.instance_file import InstanceFile
+from providers.kube_objects import ClusterObjects
 from providers.pki import ClusterCa, NodeCertificates
 from spec import ControlPlaneSpec
 
@@ -40,6 +42,8 @@ ETCD_TRUST = f"{PKI}/etcd/ca.crt"
 ETCD_ARGS = "/etc/kubernetes/etcd.args"
 APISERVER_ARGS = "/etc/kubernetes/kube-apiserver.args"
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
+# kube-vip's own kubeconfig (a Lease's rights, not the admin's): what its static pod reads (components/external.py).
+KUBE_VIP_CONF = "/etc/kubernetes/kube-vip.conf"
 # kube-controller-manager and kube-scheduler, as kubeadm lays them out: each with its own kubeconfig (its own client
 # certificate, naming this member's API server) and, here, a flags file like the other services.
 CONTROLLERS = {
@@ -276,6 +280,7 @@ class ControlPlane(pulumi.ComponentResource):
                 ctx=ctx, spec=spec, field=args.field, facts=args.facts, ca=self.ca_key_pair(),
                 ca_cert=self.ca_cert), opts=child)
         self.kubeconfig: pulumi.Output[str] = pulumi.Output.secret("")
+        self.publisher_kubeconfig: pulumi.Output[str] = pulumi.Output.secret("")
 
     def ca_key_pair(self) -> pulumi.Output[dict]:
         """The cluster CA's certificate and key ({"crt", "key"}), for the providers that issue under it."""
@@ -320,6 +325,11 @@ class ControlPlane(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)))
             files.append(f)
             return f
+
+        def client_kubeconfig(stem: str, at: pulumi.Input[str]) -> pulumi.Output[str]:
+            """A kubeconfig with one of ClusterCa's client certificates (admin, kube-vip, publisher), naming `at`."""
+            return pulumi.Output.all(at, self.ca_cert, self.ca.certs, self.ca.keys).apply(
+                lambda v: kubeconfig(spec.cluster, v[0], v[1], v[2][f"{stem}.crt"], v[3][f"{stem}.key"], user=stem))
 
         def pem(node: str, stem: str) -> pulumi.Output[str]:
             """A node's certificate and its key in one file (Go's TLS loaders take the key from it)."""
@@ -430,12 +440,12 @@ class ControlPlane(pulumi.ComponentResource):
                     secret=True, mode="0600", reload=again, after=previous)
                 push(node, inst, f"{stem}-args", args_path,
                      render_flags(controller_flags(service, spec), args_path), reload=again, after=[conf_file])
-            # The admin kubeconfig at the path kubeadm uses, naming this node's own API server: what the kube-vip
-            # static pod mounts for its leader election.
-            push(node, inst, "admin-conf", ADMIN_CONF,
-                 pulumi.Output.all(inst.address, self.ca_cert, self.ca.certs, self.ca.keys).apply(
-                     lambda v: kubeconfig(spec.cluster, f"{v[0]}:6443", v[1], v[2]["admin.crt"], v[3]["admin.key"])),
-                 secret=True, mode="0600")
+            # kube-vip's own kubeconfig (its Lease, nothing else: components/access.py), before the admin one at the
+            # path kubeadm uses: a kube-vip started in between must not fall back to the admin's.
+            kube_vip_conf = push(node, inst, "kube-vip-conf", KUBE_VIP_CONF, client_kubeconfig(
+                "kube-vip", inst.address.apply(lambda a: f"{a}:6443")), secret=True, mode="0600")
+            push(node, inst, "admin-conf", ADMIN_CONF, client_kubeconfig(
+                "admin", inst.address.apply(lambda a: f"{a}:6443")), secret=True, mode="0600", after=[kube_vip_conf])
         if moving:
             # Only once every member trusts etcd's own CA (the end of the chain) do certificates from it appear.
             for node, inst in zip(self.names, self.instances):
@@ -455,6 +465,15 @@ class ControlPlane(pulumi.ComponentResource):
             fresh = [i for i, n in enumerate(self.names) if not found[n]]
             self._resolve_ready(pulumi.Output.all(self.addresses, self.ca_cert, pushed).apply(
                 lambda v: len(wait_ready([v[0][i] for i in fresh], v[1])) == len(fresh)))
-        self.kubeconfig = pulumi.Output.secret(pulumi.Output.all(server, self.ca_cert, self.ca.certs, self.ca.keys).apply(
-            lambda v: kubeconfig(spec.cluster, v[0], v[1], v[2]["admin.crt"], v[3]["admin.key"])))
+        self.kubeconfig = pulumi.Output.secret(client_kubeconfig("admin", server))
+        # What kube-vip and the publication may do, applied through the members themselves (kube-vip's VIP may be the
+        # endpoint, and it needs these first) with the admin credential, once the chain of files has run.
+        self.access = ClusterObjects(
+            f"{name}-access", cluster=spec.cluster, servers=self.addresses.apply(lambda a: [f"{x}:6443" for x in a]),
+            tls=pulumi.Output.all(self.ca_cert, self.ca.certs, self.ca.keys).apply(
+                lambda v: {"ca": v[0], "cert": v[1]["admin.crt"], "key": v[2]["admin.key"]}),
+            objects=scoped_objects(), opts=pulumi.ResourceOptions(parent=self, depends_on=previous))
+        # The publication's credential: the cplb objects only; usable once its rights are in place.
+        self.publisher_kubeconfig = pulumi.Output.secret(pulumi.Output.all(
+            client_kubeconfig("publisher", server), self.access.id).apply(lambda v: v[0]))
         self.register_outputs({"addresses": self.addresses, "kubeconfig": self.kubeconfig})

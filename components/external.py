@@ -16,11 +16,18 @@ from components.status import condition
 from providers.instance_file import InstanceFile
 
 
-def render_kube_vip(stack: str, lb) -> str:
+# The kubeconfig kube-vip reads: on the stack's own control plane, its own (a Lease's rights; pushed by
+# components/control_plane.py); on a cluster the stack does not run, the admin's, as kubeadm's nodes have it.
+OWN_CLUSTER_KUBECONFIG = "/etc/kubernetes/kube-vip.conf"
+KUBEADM_KUBECONFIG = "/etc/kubernetes/admin.conf"
+
+
+def render_kube_vip(stack: str, lb, own_cluster: bool = False) -> str:
     """The kube-vip static pod (ARP mode, leader election through a Lease), as users deploy it on kubelet nodes."""
     ext, kv = lb.external, lb.external.kube_vip
     return render(
         "kube-vip.yaml.j2", stack=stack, lb_name=lb.name, vip=kv.vip, interface=kv.interface,
+        kubeconfig=OWN_CLUSTER_KUBECONFIG if own_cluster else KUBEADM_KUBECONFIG,
         cidr="128" if ":" in kv.vip else "32", port=str(ext.port), image=kv.image,
         lease_duration=str(kv.lease_duration_seconds), renew_deadline=str(kv.renew_deadline_seconds),
         retry_period=str(kv.retry_period_seconds),
@@ -45,7 +52,7 @@ class ExternalLoadBalancer(pulumi.ComponentResource):
         self.files: list[InstanceFile] = []
         kv = ext.kube_vip
         if kv:
-            manifest = render_kube_vip(ctx.stack, lb)
+            manifest = render_kube_vip(ctx.stack, lb, own_cluster=args.cluster_ca is not None)
             for target in args.backends:
                 self.files.append(InstanceFile(
                     f"{name}-kube-vip-{target.name}",

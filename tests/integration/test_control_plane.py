@@ -311,6 +311,54 @@ def test_each_balancer_is_published_in_its_cluster(k8s):
         kube.cleanup()
 
 
+def plain(value):
+    """A value of an exported (decrypted) state: a secret's plaintext is JSON-encoded."""
+    if isinstance(value, dict) and "plaintext" in value:
+        return json.loads(value["plaintext"])
+    return value
+
+
+def test_the_publication_and_kube_vip_have_credentials_scoped_to_what_they_do(k8s):
+    """The publication writes through `cplb:publisher` and kube-vip's kubeconfig (on every member) is `cplb:kube-vip`:
+    each may do its job (the cplb objects; the Lease) and neither reads a Secret (components/access.py). Their RBAC,
+    deleted out of band, shows in `pulumi refresh`, and the next `up` puts it back."""
+    _project, name, stack, result = k8s
+    admin = kubectl_of(result)
+    resources = stack.export_stack().deployment["resources"]
+    provider = next(r for r in resources if r["type"] == "pulumi:providers:kubernetes"
+                    and r["urn"].endswith(f"{CLUSTER}-publish-provider"))
+    publisher = Kubectl(plain(provider["inputs"]["kubeconfig"]))
+    member = result.outputs["clusters"].value[CLUSTER]["controlPlane"][0]
+    rc, conf, err = incus().exec(member, ["cat", "/etc/kubernetes/kube-vip.conf"])
+    assert rc == 0, err
+    assert incus().exec(member, ["stat", "-c", "%a", "/etc/kubernetes/kube-vip.conf"])[1].strip() == "600"
+    kube_vip = Kubectl(conf)
+    access = next(r["urn"] for r in resources if r["type"].endswith("k8s:ClusterObjects"))
+    try:
+        assert publisher.ok("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}") == "cplb:publisher"
+        assert kube_vip.ok("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}") == "cplb:kube-vip"
+        assert "x-api" in publisher.ok("get", "loadbalancers", "-n", "kube-system", "-o", "name")
+        assert kube_vip.ok("auth", "can-i", "update", "leases/plndr-cp-lock", "-n", "kube-system").strip() == "yes"
+        for kube in (publisher, kube_vip):
+            r = kube.run("get", "secrets", "-n", "kube-system")
+            assert r.returncode != 0 and "Forbidden" in r.stderr, r.stdout + r.stderr
+            r = kube.run("get", "configmaps", "-A")
+            assert r.returncode != 0 and "Forbidden" in r.stderr, r.stdout + r.stderr
+        r = kube_vip.run("get", "loadbalancers", "-n", "kube-system")
+        assert r.returncode != 0 and "Forbidden" in r.stderr, r.stdout + r.stderr
+        # Out of band: the publisher's Role is deleted; a refresh sees it, an `up` applies it again.
+        admin.ok("delete", "role", "cplb:publisher", "-n", "kube-system")
+        r = publisher.run("get", "loadbalancers", "-n", "kube-system")
+        assert r.returncode != 0 and "Forbidden" in r.stderr, r.stdout + r.stderr
+        refreshed = stack.refresh(target=[access], on_output=quiet)
+        assert refreshed.summary.resource_changes.get("update") == 1, refreshed.summary.resource_changes
+        stack.up(target=[access], on_output=quiet)
+        assert "x-api" in publisher.ok("get", "loadbalancers", "-n", "kube-system", "-o", "name")
+    finally:
+        for kube in (admin, publisher, kube_vip):
+            kube.cleanup()
+
+
 def test_the_first_preview_shows_the_kubernetes_resources_and_no_secret(k8s):
     _project, _name, _stack, result = k8s
     text = FIRST_PREVIEW["text"]

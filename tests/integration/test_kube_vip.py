@@ -46,6 +46,8 @@ def test_kube_vip_holds_the_vip_and_moves_it_when_the_holder_crashes():
         for n in (1, 2, 3):
             rc, out, _ = incus().exec(f"{prefix}-{n}", ["cat", "/etc/kubernetes/manifests/kube-vip.yaml"])
             assert rc == 0 and f'"{vip}"' in out
+            # Its own credential (a Lease's rights: components/access.py), not the admin's.
+            assert "/etc/kubernetes/kube-vip.conf" in out and "admin.conf" not in out
         assert wait_for(lambda: len(vip_holders(prefix, vip)) == 1, 60), "no node took the VIP"
         first = single_holder(prefix, vip)
         assert len(first) == 1, f"VIP held by {first}"
