@@ -10,6 +10,7 @@ render_node_conf, render_nginx, render_kube_vip).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -113,9 +114,16 @@ def files_keepalived(stack, lb) -> dict[str, str]:
 def files_dns(stack, lb) -> dict[str, str]:
     rows = []
     for role in lb.dns.roles:
-        for b in _targets(lb):
+        for b in _targets(role if role.targets else lb):  # a role's own targets, else the balancer's
             rows.append((role.name, b.address, b.address6))
     return {"nginx": render_nginx(stack, lb, rows)}
+
+
+def dns_role_targets() -> dict:
+    """A role with targets of its own (Claudie's roles each name theirs)."""
+    doc = dns()
+    doc["dns"]["roles"][0]["targets"] = {"addresses": [{"name": "cp-9", "address": "198.18.10.109"}]}
+    return doc
 
 
 def files_external(stack, lb) -> dict[str, str]:
@@ -149,6 +157,9 @@ FIELDS = [
     Field("dns.roles[0].name", dns, files_dns, ["api", "kube-api"]),
     Field("targets.addresses[1].address", dns, files_dns, ["fd00:198:18:10::66", "fd00::1"]),
     Field("targets.addresses[0].address", dns, files_dns, ["198.18.10.101"]),
+    Field("dns.roles[0].targets.addresses[0].name", dns_role_targets, files_dns, ["cp-9", "node-b"]),
+    Field("dns.roles[0].targets.addresses[0].address", dns_role_targets, files_dns, ["198.18.10.109",
+                                                                                      "fd00:198:18:10::69"]),
     Field("external.kubeVip.image", external, files_external,
           ["ghcr.io/kube-vip/kube-vip:v1.2.2", "kube-vip", "localhost:5000/kv@sha256:" + "a" * 64, "no", "yes",
            "registry.test/a/b:on"]),
@@ -330,3 +341,132 @@ def test_a_group_declares_no_key_of_the_project_s_own(key):
         assert "cplb:instanceGroups[0].labels" in str(exc)
         return
     assert not ours, key
+
+
+# --- the control plane's rendered files: flags files, kubeconfigs, kube-proxy's config ----------------------------
+
+def control_plane() -> dict:
+    return {"name": "cp", "cluster": "demo", "serviceCIDR": "198.19.0.0/24",
+            "workers": {"count": 2, "podCIDR": "198.19.128.0/17"}}
+
+
+def files_control_plane(cp) -> dict[str, str]:
+    """What the control plane writes from its config, by the functions its component uses."""
+    from components.control_plane import APISERVER_ARGS, CONTROLLERS, apiserver_flags, controller_flags
+    from components.kubefiles import kubeconfig, render_flags
+    from components.workers import kube_proxy_config
+
+    flags = render_flags(apiserver_flags("198.18.10.101", cp), APISERVER_ARGS)
+    for service, (_conf, path, _stem) in CONTROLLERS.items():
+        flags += render_flags(controller_flags(service, cp), path)
+    return {"flags": flags,
+            "yaml": kubeconfig(cp.cluster, "198.18.10.50:6443", "CA", "CERT", "KEY", user="publisher")
+            + "---\n" + kube_proxy_config("cp-node-1", cp.workers.pod_cidr)}
+
+
+CP_FIELDS = {"cluster": ["demo", "prod-eu1"], "serviceCIDR": ["198.19.0.0/24", "10.96.0.0/16"],
+             "workers.podCIDR": ["198.19.128.0/17", "10.244.0.0/16"]}
+
+
+def cp_outcome(key: str, value) -> tuple[str, dict]:
+    doc = control_plane()
+    set_path(doc, key, value)
+    try:
+        cp = spec.parse({"controlPlanes": [doc]}, "hostile").control_planes[0]
+    except spec.SpecError as exc:
+        return "refused", {"message": str(exc)}
+    return "rendered", files_control_plane(cp)
+
+
+@pytest.mark.parametrize("key", sorted(CP_FIELDS))
+def test_hostile_control_plane_value_is_refused_with_its_key_path_or_adds_nothing(key):
+    """A flags file keeps one `--name=value` per line (render_flags' grammar), and the YAML files parse to the same
+    structure as with a plain value, the value a scalar of its own."""
+    import yaml
+
+    base = cp_outcome(key, CP_FIELDS[key][0])[1]
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(hostile(CP_FIELDS[key]))
+    def check(value):
+        try:
+            kind, result = cp_outcome(key, value)
+        except ValueError as exc:  # render_flags refused what validation let through
+            raise AssertionError(f"{key}={value!r} passed validation but a flags file refused it: {exc}")
+        if kind == "refused":
+            message = result["message"]
+            assert f"cplb:controlPlanes[0].{key.split('.')[0]}" in message or "cplb:controlPlanes[0]:" in message, \
+                message
+            assert "Traceback" not in message and len(message) < 2000
+            return
+        assert shape(result["flags"]) == shape(base["flags"]), result["flags"]
+        docs, reference = list(yaml.safe_load_all(result["yaml"])), list(yaml.safe_load_all(base["yaml"]))
+        assert [sorted(d) for d in docs] == [sorted(d) for d in reference]
+        assert docs[1]["clusterCIDR"] == (value if key == "workers.podCIDR" else reference[1]["clusterCIDR"])
+        if key == "cluster":
+            assert docs[0]["clusters"][0]["name"] == value and docs[0]["current-context"] == value
+
+    check()
+
+
+# --- every string field of the schema is either tried above or does not reach a rendered file ------------------
+
+# Why a string field needs no place in FIELDS / CP_FIELDS: it never reaches a text file the project renders.
+NOT_IN_FILES = {
+    "instance.": "Incus API fields (JSON, over REST); names in Incus's own grammar (spec.IncusObjectName)",
+    "instanceSpec.": "Incus API fields (JSON, over REST); names in Incus's own grammar",
+    "labels": "Incus instance config keys (JSON); user.cplb.* refused (test_a_group_declares_no_key...)",
+    "selector.": "compared with Incus labels, never written",
+    "oci.": "the oci instance's Incus source (JSON); the image reference has its own pattern",
+    "ovn.": "the OVN load balancer's Incus API fields (JSON)",
+    "kubeVip.path": "where the manifest is written (a path in the instance's file API, pattern-checked)",
+    "keepalived.trustedNodes": "compared with instance names, never written",
+    "dns.zone": "DNS UPDATE messages built by dnspython (wire format, not text)",
+    "dns.hostname": "DNS UPDATE messages built by dnspython",
+    "dns.server": "where the DNS UPDATE goes (an address)",
+    "dns.tsig.": "the TSIG key of the DNS UPDATE (dnspython)",
+    "loadBalancers.cluster": "selects instances by label, and names the published objects (JSON through the API)",
+    "controlPlanes.name": "instance names (Incus grammar, DnsLabel)",
+    "instanceGroups.": "instances only (Incus API)",
+    "incus.": "how Incus is reached (REST), never rendered",
+    "kubernetes.": "the user's kubeconfig for pulumi-kubernetes; the cluster's name in the publication (JSON)",
+}
+
+
+def string_fields(model, prefix: str = "", seen=None):
+    """Every str (or str subtype) or dict-of-str field below `model`, as `a.b.c` key paths."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    seen = set() if seen is None else seen
+
+    def leaves(t):
+        origin = typing.get_origin(t)
+        if origin in (typing.Union, types.UnionType, list, tuple, typing.Annotated):
+            for arg in typing.get_args(t)[:1] if origin is typing.Annotated else typing.get_args(t):
+                yield from leaves(arg)
+        elif origin is dict:
+            yield dict
+        elif origin is not typing.Literal:
+            yield t
+
+    for name, info in model.model_fields.items():
+        key = prefix + (info.alias or name)
+        for t in leaves(info.annotation):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                if (t, key) not in seen:
+                    seen.add((t, key))
+                    yield from string_fields(t, key + ".", seen)
+            elif t is dict or (isinstance(t, type) and issubclass(t, str)):
+                yield key
+
+
+def test_every_string_field_is_tried_or_does_not_reach_a_rendered_file():
+    """A field added to the schema must join the property tests above or say here why no file holds it."""
+    tried = {"loadBalancers." + re.sub(r"\[\d+\]", "", f.key) for f in FIELDS} | \
+        {f"controlPlanes.{k}" for k in CP_FIELDS}
+    unclassified = [key for key in string_fields(spec.StackSpec)
+                    if key not in tried and not any(part in key for part in NOT_IN_FILES)]
+    assert unclassified == [], unclassified
