@@ -93,6 +93,55 @@ class Interest:
         self.known = known
 
 
+@dataclass
+class Follower:
+    """Notices that the stack's config file or state changed (an edit, any `up`, `make up` included) and re-reads
+    the balancers and their selectors, so a balancer added while the watch runs is followed without a restart."""
+
+    paths: list  # the stack's config file and its checkpoint in a file backend
+    reread: Callable[[], "Interest"]
+    last: tuple = ()
+
+    def signature(self) -> tuple:
+        import os
+
+        out = []
+        for path in self.paths:
+            try:
+                st = os.stat(path)
+                out.append((path, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((path, None, None))
+        return tuple(out)
+
+    def start(self) -> None:
+        self.last = self.signature()
+
+    def poll(self) -> Optional["Interest"]:
+        """A new Interest when something changed since the last poll, else None."""
+        now = self.signature()
+        if now == self.last:
+            return None
+        self.last = now
+        return self.reread()
+
+
+def stack_files(work_dir: str, stack: str, project: str, backend_url: str) -> list[str]:
+    """The stack's config file (in the project's `stackConfigDir`) and, with a file backend, its checkpoint."""
+    import glob
+    import os
+
+    import yaml
+
+    with open(os.path.join(work_dir, "Pulumi.yaml")) as f:
+        config_dir = (yaml.safe_load(f) or {}).get("stackConfigDir") or ""
+    paths = [os.path.join(work_dir, config_dir, f"Pulumi.{stack}.yaml")]
+    if backend_url.startswith("file://"):
+        root = os.path.join(backend_url[len("file://"):], ".pulumi", "stacks")
+        paths += glob.glob(os.path.join(root, project, f"{stack}.json")) or [os.path.join(root, f"{stack}.json")]
+    return paths
+
+
 class EventStream(threading.Thread):
     """Incus events into `events` (a queue of (action, name)); reconnects with a backoff when incusd goes away and
     then queues RECONNECTED, so the loop reconciles what it may have missed."""
@@ -166,6 +215,7 @@ class Loop:
     outputs: dict = field(default_factory=dict)
     urns: dict = field(default_factory=dict)
     ups: int = 0
+    follower: Optional[Follower] = None
 
     def collect(self, first_wait: float) -> list[tuple[str, str]]:
         """Events until `debounce` seconds pass without one (the first wait is `first_wait`), at most 5 s."""
@@ -262,6 +312,26 @@ class Loop:
             f"{time.monotonic() - t0:.1f}s")
         return True
 
+    def follow(self) -> None:
+        """The stack's config or state changed: its balancers and selectors, and what it serves, read again."""
+        if not self.follower:
+            return
+        try:
+            interest = self.follower.poll()
+            if interest is None:
+                return
+            self.outputs = {k: v.value for k, v in self.stack.outputs().items()}
+        except Exception as exc:  # noqa: BLE001 - a config being written, a CLI that failed: the next poll retries
+            self.follower.last = ()
+            log(f"could not read the stack's config again: {str(exc).strip().splitlines()[-1][:200]}")
+            return
+        before = len(self.interest.selectors)
+        self.interest = interest
+        self.interest.remember(self.outputs)
+        self.remember_urns()
+        if len(interest.selectors) != before:
+            log(f"the stack's config changed: following {len(interest.selectors)} selector(s) (was {before})")
+
     def run(self, once: bool = False, max_seconds: float = float("inf"), max_ups: int = 10**9) -> int:
         self.outputs = {k: v.value for k, v in self.stack.outputs().items()}
         self.interest.remember(self.outputs)
@@ -273,7 +343,10 @@ class Loop:
         pending: list[str] = ["watch started"]
         pending_refresh: set = {"*"}
         backoff = 0.0
+        if self.follower:
+            self.follower.start()
         while not self.stop.is_set() and time.monotonic() < deadline and self.ups < max_ups:
+            self.follow()
             causes, refresh = self.relevant(self.collect(self.dns_interval if not pending else 0.1))
             causes += self.dns_drift()
             pending += [c for c in causes if c not in pending]

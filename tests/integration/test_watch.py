@@ -148,6 +148,39 @@ def test_the_watch_follows_instances_launched_stopped_and_drained_by_hand(kind, 
     follows_without_up(kind, request)
 
 
+def test_a_balancer_added_while_the_watch_runs_is_followed():
+    """A second balancer (another cluster, selecting by its labels) added to the stack file and brought up by a
+    person while the watch runs: an instance launched by hand with that cluster's labels is in the new balancer's
+    config without restarting the watch (the watch reads the stack's config again when its file or state changes)."""
+    first = Strategy("lxc", f"w{random.randrange(16**5):05x}")
+    second = f"w{random.randrange(16**5):05x}"
+    with pulumi_stack(first.values(), prefix="wf") as (project, name, stack):
+        stack.up(on_output=quiet)
+        watch = Watch(project, name)
+        outside = f"{name}-ext"
+        try:
+            values = first.values()
+            values["loadBalancers"].append({"name": "api2", "cluster": second, "type": "lxc",
+                                            "healthCheck": {"mode": "tcp", "intervalSeconds": 1, "rise": 1,
+                                                            "fall": 2}})
+            values["instanceGroups"].append(demo_group(1, name="cp2", cluster=second))
+            project.write_stack_config(name, values)
+            stack.up(on_output=quiet)  # as `make up` would, beside the watch
+            assert wait_for(lambda: "following 2 selector(s)" in watch.text(), 60), watch.text()
+            assert wait_for(watch.idle, 120), watch.text()
+            launch_external(outside, {"user.cluster-name": second, "user.cluster-role": "control-plane"})
+
+            def served() -> bool:
+                rc, out, _ = incus().exec(f"{name}-api2-haproxy-1", ["cat", "/etc/haproxy/haproxy.cfg"])
+                return rc == 0 and f"server {outside} " in out
+
+            assert wait_for(served, 90, 0.2), watch.text()
+        finally:
+            assert watch.stop() == 0, watch.text()
+            if incus().get_instance(outside):
+                incus().delete_instance(outside)
+
+
 @pytest.mark.alone  # kills incusd
 def test_the_loop_coalesces_reconnects_and_ends_after_its_up():
     """A burst of 10 instance events within 2 s: at most 2 `up` runs. incusd killed and started again: the loop
