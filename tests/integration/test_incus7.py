@@ -310,6 +310,40 @@ def test_an_untrusted_certificate_is_refused_at_preview(nested, tmp_path):
         assert not incus7.instances(nested, name)
 
 
+def test_the_registry_is_read_only_and_only_on_its_bridge(nested):
+    """What the nested servers pull from takes no push and no delete, and listens on the bridge's address alone;
+    the writer that set-up pushed through (loopback) is gone (scripts/incus7-up)."""
+    import urllib.error
+    import urllib.request
+
+    registry = nested["registry"].split("://", 1)[-1]
+    repo, tag = nested["ociImage"].rsplit(":", 1)
+
+    def ask(method: str, path: str, headers=None) -> tuple[int, dict]:
+        request = urllib.request.Request(f"http://{registry}/v2/{path}", method=method, headers=headers or {},
+                                         data=b"" if method in ("POST", "PUT") else None)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status, dict(r.headers)
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers)
+
+    status, headers = ask("HEAD", f"{repo}/manifests/{tag}",
+                          {"Accept": "application/vnd.oci.image.manifest.v1+json, "
+                                     "application/vnd.docker.distribution.manifest.v2+json"})
+    assert status == 200, status
+    digest = headers.get("Docker-Content-Digest")
+    assert digest and digest.startswith("sha256:")
+    assert ask("POST", f"{repo}/blobs/uploads/")[0] not in (201, 202)
+    assert ask("POST", "someone/else/blobs/uploads/")[0] not in (201, 202)
+    assert ask("DELETE", f"{repo}/manifests/{digest}")[0] not in (200, 202)
+    assert ask("HEAD", f"{repo}/manifests/{tag}", {"Accept": "application/vnd.oci.image.manifest.v1+json"})[0] == 200
+    listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout.splitlines()
+    registry_sockets = sorted(line.split()[3] for line in listening if "docker-registry" in line)
+    # One socket, on the bridge: the writer on loopback ran for the push alone.
+    assert registry_sockets == [registry], registry_sockets
+
+
 def test_destroy_then_incus7_down_leaves_nothing(nested, control_plane):
     """Last in this module: the stack's destroy leaves no instance on the cluster, then scripts/incus7-down leaves
     no nested server, no registry, no bridge and no state behind."""
