@@ -1,6 +1,6 @@
 """Least privilege in the clusters the stack runs: what kube-vip and the publication may do, as RBAC objects.
 
-Each has its own client certificate (providers/pki.py `SCOPED_CLIENTS`), bound here to what it does and nothing
+Each has its own client certificate (providers/pki.py `ClientCertificates`), bound here to what it does and nothing
 else; neither is `system:masters`, so neither reads Secrets:
 - kube-vip (`cplb:kube-vip`): its leader election, the Lease `plndr-cp-lock` in kube-system (create it; read and
   renew that one);

@@ -29,7 +29,7 @@ from components.members import Members, build_members
 from providers.etcd_member import EtcdMember, EtcdPromotion
 from providers.instance_file import InstanceFile
 from providers.kube_objects import ClusterObjects
-from providers.pki import ClusterCa, NodeCertificates
+from providers.pki import ClientCertificates, ClusterCa, NodeCertificates
 from spec import ControlPlaneSpec
 
 if TYPE_CHECKING:
@@ -326,10 +326,21 @@ class ControlPlane(pulumi.ComponentResource):
             files.append(f)
             return f
 
+        # kube-vip's and the publication's own client certificates (RBAC-scoped: components/access.py).
+        self.clients = ClientCertificates(
+            f"{name}-client-certs", cluster=spec.cluster, ca=ca_input, validity_days=spec.certificates.validity_days,
+            renew_before_days=spec.certificates.renew_before_days, opts=pulumi.ResourceOptions(parent=self))
+
         def client_kubeconfig(stem: str, at: pulumi.Input[str]) -> pulumi.Output[str]:
-            """A kubeconfig with one of ClusterCa's client certificates (admin, kube-vip, publisher), naming `at`."""
-            return pulumi.Output.all(at, self.ca_cert, self.ca.certs, self.ca.keys).apply(
-                lambda v: kubeconfig(spec.cluster, v[0], v[1], v[2][f"{stem}.crt"], v[3][f"{stem}.key"], user=stem))
+            """A kubeconfig naming `at`, with the admin certificate (ClusterCa) or a scoped client's."""
+            if stem == "admin":
+                pair = pulumi.Output.all(self.ca.certs, self.ca.keys).apply(lambda v: (v[0]["admin.crt"],
+                                                                                      v[1]["admin.key"]))
+            else:
+                pair = pulumi.Output.all(self.clients.certs, self.clients.keys).apply(
+                    lambda v: (v[0][stem]["client.crt"], v[1][stem]["client.key"]))
+            return pulumi.Output.all(at, self.ca_cert, pair).apply(
+                lambda v: kubeconfig(spec.cluster, v[0], v[1], v[2][0], v[2][1], user=stem))
 
         def pem(node: str, stem: str) -> pulumi.Output[str]:
             """A node's certificate and its key in one file (Go's TLS loaders take the key from it)."""

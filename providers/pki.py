@@ -1,8 +1,9 @@
 """Dynamic providers `cplb:pki:ClusterCa` and `cplb:pki:NodeCertificates`: the PKI of one control plane, made with the `cryptography` package.
 
 `ClusterCa`: one CA (kept for the life of the resource), the service-account key pair, an admin client
-certificate (O=system:masters) and the scoped client certificates of kube-vip and the publication (no group: RBAC
-grants them what they do). `NodeCertificates`, per node: the kube-apiserver serving certificate (SANs: every balancer address and DNS
+certificate (O=system:masters). `ClientCertificates`: the scoped client certificates of kube-vip and the publication
+(no group: RBAC grants them what they do; a resource of their own, so a state made before them gets them without
+touching the CA's outputs). `NodeCertificates`, per node: the kube-apiserver serving certificate (SANs: every balancer address and DNS
 name of the cluster, the node's own addresses, the in-cluster service names), an etcd server/peer certificate,
 the API server's etcd client certificate, and kube-controller-manager's and kube-scheduler's client certificates.
 
@@ -235,60 +236,47 @@ def _worker_leaves(props: dict, ca_cert, ca_key) -> tuple[dict, dict]:
 WORKER_LEAVES = ("kubelet", "kubelet-serving", "kube-proxy")
 
 
-# Client certificates the stack's own tools use, each bound by RBAC to what it does (components/access.py), not the
-# admin's `system:masters`: kube-vip's leader election (one Lease) and the publication (the cplb objects).
-SCOPED_CLIENTS = {"kube-vip": "cplb:kube-vip", "publisher": "cplb:publisher"}
-
-
 class ClusterCaProvider(ResourceProvider):
     """The cluster CA, etcd's own CA and the service-account key, made once and kept for the resource's life, and
-    the client certificates (admin, and the scoped ones), renewed under the same CA when they are due. A state made
-    before etcd had its own CA, or before a scoped client existed, gets it by an update (the CAs and the
-    service-account key kept)."""
+    the admin client certificate, renewed under the same CA when it is due. A state made before etcd had its own CA
+    gets one by an update (the cluster CA and the service-account key kept)."""
 
     @staticmethod
-    def _clients(props: dict, ca_cert, ca_key) -> tuple[dict, dict]:
-        days = lifetime(props)[0]
-        made = {"admin": issue(ca_cert, ca_key, f"{props['cluster']}-admin", org="system:masters", client=True,
-                               days=days)}
-        for stem, user in SCOPED_CLIENTS.items():
-            made[stem] = issue(ca_cert, ca_key, user, client=True, days=days)
-        return ({f"{stem}.crt": _pem_cert(c) for stem, (c, _) in made.items()},
-                {f"{stem}.key": _pem_key(k) for stem, (_, k) in made.items()})
+    def _admin(props: dict, ca_cert, ca_key) -> tuple[str, str]:
+        admin, admin_key = issue(ca_cert, ca_key, f"{props['cluster']}-admin", org="system:masters", client=True,
+                                 days=lifetime(props)[0])
+        return _pem_cert(admin), _pem_key(admin_key)
 
     def create(self, props):
         cluster = props["cluster"]
         ca_cert, ca_key = make_ca(cluster)
         etcd_ca_cert, etcd_ca_key = make_ca(cluster, "etcd-ca")
         sa_key = _key()
-        client_certs, client_keys = self._clients(props, ca_cert, ca_key)
+        admin, admin_key = self._admin(props, ca_cert, ca_key)
         return CreateResult(id_=f"ca-{cluster}", outs={
             **{k: props[k] for k in CA_INPUT_KEYS if k in props},
             "certs": {"ca.crt": _pem_cert(ca_cert), "etcd-ca.crt": _pem_cert(etcd_ca_cert), "sa.pub": _pem_pub(sa_key),
-                      **client_certs},
+                      "admin.crt": admin},
             "keys": {"ca.key": _pem_key(ca_key), "etcd-ca.key": _pem_key(etcd_ca_key), "sa.key": _pem_key(sa_key),
-                     **client_keys},
+                     "admin.key": admin_key},
         })
 
     def update(self, _id, olds, news):
-        """The client certificates reissued (renewal, a new life, or one that is new); the CAs and the
-        service-account key kept, and etcd's own CA made where the state has none yet."""
+        """The admin certificate reissued (renewal, or a new life); the CAs and the service-account key kept, and
+        etcd's own CA made where the state has none yet."""
         certs, keys = dict(olds["certs"]), dict(olds["keys"])
         if "etcd-ca.crt" not in certs:
             etcd_ca_cert, etcd_ca_key = make_ca(news["cluster"], "etcd-ca")
             certs["etcd-ca.crt"], keys["etcd-ca.key"] = _pem_cert(etcd_ca_cert), _pem_key(etcd_ca_key)
-        client_certs, client_keys = self._clients(news, _load_cert(certs["ca.crt"]), _load_key(keys["ca.key"]))
-        certs.update(client_certs)
-        keys.update(client_keys)
+        certs["admin.crt"], keys["admin.key"] = self._admin(news, _load_cert(certs["ca.crt"]), _load_key(keys["ca.key"]))
         return UpdateResult(outs={**{k: news[k] for k in CA_INPUT_KEYS if k in news}, "certs": certs, "keys": keys})
 
     def diff(self, _id, olds, news):
         if olds.get("cluster") != news.get("cluster"):
             return DiffResult(changes=True, replaces=["cluster"], delete_before_replace=False)
         certs = olds.get("certs") or {}
-        clients = {f"{stem}.crt": certs.get(f"{stem}.crt") for stem in ("admin", *SCOPED_CLIENTS)}
-        changed = lifetime(olds) != lifetime(news) or "etcd-ca.crt" not in certs or None in clients.values() or bool(
-            expiring(clients, lifetime(news)[1]))
+        changed = lifetime(olds) != lifetime(news) or "etcd-ca.crt" not in certs or bool(
+            expiring({"admin.crt": certs.get("admin.crt")}, lifetime(news)[1]))
         return DiffResult(changes=changed, replaces=[], delete_before_replace=False)
 
     def read(self, id_, props):
@@ -296,8 +284,8 @@ class ClusterCaProvider(ResourceProvider):
 
 
 class ClusterCa(pulumi.dynamic.Resource, module="pki", name="ClusterCa"):
-    """Outputs: `certs` (ca.crt, etcd-ca.crt, sa.pub, admin.crt, kube-vip.crt, publisher.crt) and `keys` (ca.key,
-    etcd-ca.key, sa.key and the clients' keys; secret)."""
+    """Outputs: `certs` (ca.crt, etcd-ca.crt, sa.pub, admin.crt) and `keys` (ca.key, etcd-ca.key, sa.key, admin.key;
+    secret)."""
 
     certs: pulumi.Output[dict]
     keys: pulumi.Output[dict]
@@ -397,3 +385,45 @@ class WorkerCertificates(pulumi.dynamic.Resource, module="pki", name="WorkerCert
                  "renewBeforeDays": renew_before_days, "certs": None, "keys": None}
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["keys", "ca"]))
         super().__init__(WorkerCertificatesProvider(), resource_name, props, opts)
+
+
+# Client certificates the stack's own tools use, each bound by RBAC to what it does (components/access.py), not the
+# admin's `system:masters`: kube-vip's leader election (one Lease) and the publication (the cplb objects).
+SCOPED_CLIENTS = {"kube-vip": "cplb:kube-vip", "publisher": "cplb:publisher"}
+
+
+def _client_leaves(props: dict, ca_cert, ca_key) -> tuple[dict, dict]:
+    """Per scoped client ({"name", "user"}), one client certificate for its user, no group."""
+    certs: dict = {}
+    keys: dict = {}
+    days = lifetime(props)[0]
+    for client in props.get("nodes") or []:
+        cert, key = issue(ca_cert, ca_key, client["user"], client=True, days=days)
+        certs[client["name"]], keys[client["name"]] = {"client.crt": _pem_cert(cert)}, {"client.key": _pem_key(key)}
+    return certs, keys
+
+
+class ClientCertificatesProvider(NodeCertificatesProvider):
+    """The scoped clients' certificates, with the same diff, renewal and reissue as the nodes'."""
+
+    leaves = staticmethod(_client_leaves)
+    LEAVES = ("client",)
+
+    def create(self, props):
+        return CreateResult(id_=f"client-certs-{props['cluster']}", outs=self._outs(props))
+
+
+class ClientCertificates(pulumi.dynamic.Resource, module="pki", name="ClientCertificates"):
+    """Outputs: `certs` (client -> client.crt) and `keys` (client -> client.key; secret), for SCOPED_CLIENTS."""
+
+    certs: pulumi.Output[dict]
+    keys: pulumi.Output[dict]
+
+    def __init__(self, resource_name: str, *, cluster: str, ca: pulumi.Input[dict],
+                 validity_days: float = LEAF_DAYS, renew_before_days: float = RENEW_BEFORE_DAYS,
+                 opts: Optional[pulumi.ResourceOptions] = None):
+        props = {"cluster": cluster, "ca": pulumi.Output.secret(ca),
+                 "nodes": [{"name": name, "user": user} for name, user in SCOPED_CLIENTS.items()],
+                 "validityDays": validity_days, "renewBeforeDays": renew_before_days, "certs": None, "keys": None}
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["keys", "ca"]))
+        super().__init__(ClientCertificatesProvider(), resource_name, props, opts)

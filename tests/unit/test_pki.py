@@ -238,22 +238,28 @@ def test_a_state_from_before_the_controllers_had_certificates_is_reissued_under_
     assert "scheduler.crt" in new["certs"]["s-cp-2"]
 
 
-def test_kube_vip_and_the_publication_have_their_own_client_certificates_not_system_masters(tmp_path):
+def test_kube_vip_and_the_publication_have_their_own_client_certificates_not_system_masters(tmp_path, monkeypatch):
     """Each scoped client chains to the cluster CA under its own user and no group (RBAC grants it what it does);
-    a state made before they existed gets them by an update, the CAs and the service-account key kept."""
+    renewed like the nodes' leaves, under the same CA."""
+    import datetime
+
+    import providers.pki as pki
+
+    provider = pki.ClientCertificatesProvider()
+    props = {"cluster": "demo", "ca": CA, "validityDays": 10, "renewBeforeDays": 2,
+             "nodes": [{"name": n, "user": u} for n, u in pki.SCOPED_CLIENTS.items()]}
+    outs = provider.create(props).outs
     for stem, user in (("kube-vip", "cplb:kube-vip"), ("publisher", "cplb:publisher")):
-        cert = CA_OUTS["certs"][f"{stem}.crt"]
+        cert = outs["certs"][stem]["client.crt"]
         assert "OK" in verify(tmp_path, CA["crt"], cert, "sslclient")
         subject = subprocess.run(["openssl", "x509", "-noout", "-subject"], input=cert, capture_output=True,
                                  text=True).stdout
         assert f"CN = {user}" in subject and "O =" not in subject, subject
-        assert "PRIVATE KEY" in CA_OUTS["keys"][f"{stem}.key"]
-    provider = ClusterCaProvider()
-    old = {**CA_OUTS, "certs": {k: v for k, v in CA_OUTS["certs"].items() if k not in ("kube-vip.crt", "publisher.crt")},
-           "keys": {k: v for k, v in CA_OUTS["keys"].items() if k not in ("kube-vip.key", "publisher.key")}}
-    d = provider.diff("ca-demo", old, {"cluster": "demo"})
+        assert "PRIVATE KEY" in outs["keys"][stem]["client.key"]
+    assert not provider.diff("x", outs, dict(props)).changes
+    expires = pki._load_cert(outs["certs"]["publisher"]["client.crt"]).not_valid_after_utc
+    _clock(monkeypatch, expires - datetime.timedelta(days=1))
+    d = provider.diff("x", outs, dict(props))
     assert d.changes and not d.replaces
-    new = provider.update("ca-demo", old, {"cluster": "demo"}).outs
-    assert new["certs"]["ca.crt"] == CA_OUTS["certs"]["ca.crt"] and new["keys"]["sa.key"] == CA_OUTS["keys"]["sa.key"]
-    assert {"kube-vip.crt", "publisher.crt"} <= set(new["certs"]) and {"kube-vip.key", "publisher.key"} <= set(new["keys"])
-    assert not provider.diff("ca-demo", new, {"cluster": "demo"}).changes
+    renewed = provider.update("x", outs, dict(props)).outs
+    assert pki._load_cert(renewed["certs"]["publisher"]["client.crt"]).not_valid_after_utc > expires
