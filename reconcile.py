@@ -35,6 +35,7 @@ INSTANCE_ACTIONS = frozenset({
     "instance-deleted", "instance-updated", "instance-renamed",
 })
 RECONNECTED = ("incus-reconnected", "")
+LOCKED = "the stack is currently locked"  # what Pulumi answers a second run on a locked stack
 
 
 def log(msg: str) -> None:
@@ -216,6 +217,7 @@ class Loop:
     urns: dict = field(default_factory=dict)
     ups: int = 0
     follower: Optional[Follower] = None
+    lock_retry: float = 1.0
 
     def collect(self, first_wait: float) -> list[tuple[str, str]]:
         """Events until `debounce` seconds pass without one (the first wait is `first_wait`), at most 5 s."""
@@ -273,9 +275,9 @@ class Loop:
                 out.append(f"dns {name}: healthy {now} != published {sorted(lb.get('published') or [])}")
         return out
 
-    def reconcile(self, causes: list[str], refresh: set) -> bool:
+    def reconcile(self, causes: list[str], refresh: set) -> Optional[bool]:
         """A refresh of the touched stack instances (all of the stack for "*"), then `up`; one log line. False when
-        it failed."""
+        it failed, None when another run held the stack's lock (nothing was done: try again once it is free)."""
         from pulumi import automation as auto
 
         changed: list[str] = []
@@ -300,6 +302,10 @@ class Loop:
                 self.stack.refresh(on_output=lambda _: None, target=targets)
             result = self.stack.up(on_output=lambda _: None, on_event=on_event)
         except auto.errors.CommandError as exc:
+            if LOCKED in str(exc):
+                # A person's `make up` (or another run) holds the stack: not a failure; the loop waits for it.
+                log(f"reconcile ({'; '.join(causes)}) waits: the stack is locked by another run (make up?)")
+                return None
             last = next((line for line in reversed(str(exc).strip().splitlines()) if line.strip()), "")
             log(f"reconcile ({'; '.join(causes)}) failed after {time.monotonic() - t0:.1f}s: {last.strip()[:300]}")
             return False
@@ -337,7 +343,7 @@ class Loop:
         self.interest.remember(self.outputs)
         self.remember_urns()
         if once:
-            return 0 if self.reconcile(["--once"], refresh={"*"}) else 1
+            return 0 if self.reconcile(["--once"], refresh={"*"}) else 1  # locked: exit 1, as a failure
         deadline = time.monotonic() + max_seconds
         # Catch up first: whatever changed while nothing was watching (as after a reconnect).
         pending: list[str] = ["watch started"]
@@ -353,8 +359,11 @@ class Loop:
             pending_refresh |= refresh
             if not pending or self.stop.is_set():
                 continue
-            if self.reconcile(pending, pending_refresh):
+            done = self.reconcile(pending, pending_refresh)
+            if done:
                 pending, pending_refresh, backoff = [], set(), 0.0
+            elif done is None:
+                self.stop.wait(self.lock_retry)  # the other run's lock: ask again soon, no backoff
             else:
                 backoff = min(max(backoff * 2, 2.0), self.max_backoff)
                 log(f"retrying in {backoff:.0f}s")

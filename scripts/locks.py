@@ -1,7 +1,7 @@
 """What a killed `pulumi` leaves in the file backend, and its repair.
 
 `python scripts/locks.py stale LOCKS_DIR STACK` exits 0 when a lock of STACK was taken on this host by a process that
-is gone, else 1. `python scripts/locks.py repair BACKEND_DIR STACK` puts back the stack's checkpoint from the backup
+is gone, else 1; `held` prints who holds a live lock of STACK and exits 0, else exits 1 (scripts/stack waits on it). `python scripts/locks.py repair BACKEND_DIR STACK` puts back the stack's checkpoint from the backup
 the backend wrote before its last save, when the checkpoint itself is empty or cut (a CLI killed while it saved: seen
 once in a SIGKILL test, "failed to load checkpoint: EOF", after which no command worked on the stack). What the lost
 save recorded is found again by the next `up`: the objects it made carry their proof of ownership and are adopted.
@@ -62,6 +62,20 @@ def stale(locks_dir: str, stack: str, host: Optional[str] = None) -> bool:
     return False
 
 
+def held(locks_dir: str, stack: str, host: Optional[str] = None) -> Optional[str]:
+    """Who holds a live lock of `stack` ("pid N on HOST since T"), or None: what a second run waits for."""
+    host = host or socket.gethostname()
+    for path in glob.glob(os.path.join(locks_dir, "**", stack, "*.json"), recursive=True):
+        try:
+            with open(path) as f:
+                lock = json.load(f)
+        except (OSError, ValueError):
+            continue  # being written, or just removed
+        if not is_stale(lock, host):
+            return f"pid {lock.get('pid')} on {lock.get('hostname')} since {lock.get('timestamp')}"
+    return None
+
+
 def _readable(path: str) -> bool:
     try:
         with open(path) as f:
@@ -87,9 +101,14 @@ def repair(backend_dir: str, stack: str) -> list[str]:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "stale":
         sys.exit(0 if stale(sys.argv[2], sys.argv[3]) else 1)
+    if len(sys.argv) == 4 and sys.argv[1] == "held":
+        holder = held(sys.argv[2], sys.argv[3])
+        if holder:
+            print(holder)
+        sys.exit(0 if holder else 1)
     if len(sys.argv) == 4 and sys.argv[1] == "repair":
         for path in repair(sys.argv[2], sys.argv[3]):
             print(f"stack {sys.argv[3]}: its checkpoint was cut by a killed run; put back from the backup taken "
                   f"before that run's last save ({path}.cut kept)")
         sys.exit(0)
-    sys.exit("usage: locks.py stale LOCKS_DIR STACK | locks.py repair BACKEND_DIR STACK")
+    sys.exit("usage: locks.py stale|held LOCKS_DIR STACK | locks.py repair BACKEND_DIR STACK")

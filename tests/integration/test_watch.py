@@ -181,6 +181,51 @@ def test_a_balancer_added_while_the_watch_runs_is_followed():
                 incus().delete_instance(outside)
 
 
+def test_make_up_and_the_watch_wait_for_each_other():
+    """Both orders, on one stack: the watch reconciling when a person runs `make up` (which waits for the lock and
+    succeeds), and `make up` running when an event comes (the watch waits, then reconciles). Neither fails, and the
+    state is whole: a preview after both has nothing to change."""
+    s = Strategy("lxc", f"w{random.randrange(16**5):05x}")
+    with pulumi_stack(s.values(), prefix="wc") as (project, name, stack):
+        stack.up(on_output=quiet)
+        env = {**os.environ, **project.env, "CPLB_PROJECT_DIR": project.dir}
+        locks = os.path.join(project.dir, ".backend", ".pulumi", "locks")
+        managed = s.group_members(name)[-1]
+
+        def make_up() -> subprocess.Popen:
+            return subprocess.Popen([os.path.join(ROOT, "scripts", "stack"), "up", name], env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+        def locked() -> bool:
+            return any(files for _, _, files in os.walk(locks))
+
+        watch = Watch(project, name)
+        try:
+            assert wait_for(watch.idle, 120), watch.text()
+            # 1. The watch reconciles (a drain by label), then `make up` starts: it waits, then succeeds.
+            set_label(managed, DISABLED, "true")
+            assert wait_for(lambda: not watch.idle() and locked(), 30, 0.05), watch.text()
+            person = make_up()
+            out, _ = person.communicate(timeout=900)
+            assert person.returncode == 0, out[-3000:]
+            assert "locked by pid" in out, out[-3000:]  # it did wait for the watch's lock
+            assert wait_for(watch.idle, 120) and not s.served(name, managed), watch.text()
+            # 2. `make up` holds the lock, then an event comes: the watch waits for it, then reconciles.
+            person = make_up()
+            assert wait_for(locked, 60, 0.05), "make up never took the lock"
+            set_label(managed, DISABLED, None)
+            out, _ = person.communicate(timeout=900)
+            assert person.returncode == 0, out[-3000:]
+            assert wait_for(lambda: s.served(name, managed), 120, 0.2), watch.text()
+            assert wait_for(watch.idle, 120), watch.text()
+            assert "waits: the stack is locked by another run" in watch.text(), watch.text()
+            assert not [line for line in watch.reconciles() if "failed" in line], watch.text()
+        finally:
+            assert watch.stop() == 0, watch.text()
+        preview = stack.preview(on_output=quiet)
+        assert set(preview.change_summary) <= {"same"}, preview.change_summary
+
+
 @pytest.mark.alone  # kills incusd
 def test_the_loop_coalesces_reconnects_and_ends_after_its_up():
     """A burst of 10 instance events within 2 s: at most 2 `up` runs. incusd killed and started again: the loop

@@ -71,3 +71,15 @@ def test_a_checkpoint_cut_by_a_killed_save_is_put_back_from_the_backup(tmp_path)
     assert (stacks / "dev.json.cut").read_text() == ""
     assert locks.repair(str(tmp_path), "prod") == []  # a readable checkpoint is never touched
     assert json.loads((stacks / "prod.json").read_text()) == {"version": 3}
+
+
+def test_a_live_lock_is_held_and_names_its_process_a_stale_one_is_not(tmp_path):
+    directory = tmp_path / "locks" / "organization" / "incus-cplb" / "dev"
+    directory.mkdir(parents=True)
+    me = os.getpid()
+    live = lock(me, locks.started_at(me) + 1)
+    (directory / "live.json").write_text(json.dumps(live))
+    assert locks.held(str(tmp_path / "locks"), "dev") == f"pid {me} on {HOST} since {live['timestamp']}"
+    assert locks.held(str(tmp_path / "locks"), "prod") is None
+    (directory / "live.json").write_text(json.dumps(lock(gone_pid(), locks.started_at(me) + 1)))
+    assert locks.held(str(tmp_path / "locks"), "dev") is None  # stale: scripts/stack clears it, never waits on it
