@@ -218,6 +218,11 @@ class Loop:
     ups: int = 0
     follower: Optional[Follower] = None
     lock_retry: float = 1.0
+    # Seconds after a reconcile whose status saw backends not yet healthy before it is read again (None: never; the
+    # watch's `up` then reads it at once: CPLB_STATUS_SETTLE_SECONDS=0).
+    settle_after: Optional[float] = None
+    settle_at: Optional[float] = None
+    status_urns: dict = field(default_factory=dict)
 
     def collect(self, first_wait: float) -> list[tuple[str, str]]:
         """Events until `debounce` seconds pass without one (the first wait is `first_wait`), at most 5 s."""
@@ -259,6 +264,40 @@ class Loop:
         self.urns = {r["outputs"]["name"]: r["urn"] for r in resources
                      if isinstance((r.get("outputs") or {}).get("name"), str) and "ownerStack" in r.get("outputs", {})
                      and "instanceType" in r.get("outputs", {})}
+        # Each balancer's status resource (`<balancer>-status`), for the re-read that follows a reconcile.
+        statuses = {r["urn"].rsplit("::", 1)[-1]: r["urn"] for r in resources
+                    if r.get("type", "").endswith("status:BalancerStatus")}
+        self.status_urns = {lb: statuses[f"{lb}-status"] for lb in self.outputs.get("loadBalancers") or {}
+                            if f"{lb}-status" in statuses}
+
+    def unsettled(self) -> list[str]:
+        """Status resources of the balancers whose last read saw backends not (yet) healthy."""
+        out = []
+        for lb, values in (self.outputs.get("loadBalancers") or {}).items():
+            conditions = ((values or {}).get("status") or {}).get("conditions") or []
+            healthy = next((c.get("status") for c in conditions if c.get("type") == "BackendsHealthy"), "True")
+            if healthy != "True" and lb in self.status_urns:
+                out.append(self.status_urns[lb])
+        return sorted(out)
+
+    def settle(self) -> None:
+        """The status of the balancers whose backends were not all healthy, read again once their first checks had
+        time (their `up` read it at once, so as not to hold the stack), and the publication and outputs with it."""
+        urns, self.settle_at = self.unsettled(), None
+        if not urns:
+            return
+        from pulumi import automation as auto
+
+        t0 = time.monotonic()
+        try:
+            self.stack.refresh(on_output=lambda _: None, target=urns)
+            result = self.stack.up(on_output=lambda _: None)
+        except auto.errors.CommandError as exc:
+            log(f"status re-read of {len(urns)} balancer(s) skipped: {str(exc).strip().splitlines()[-1][:200]}")
+            return
+        self.outputs = {k: v.value for k, v in result.outputs.items()}
+        self.interest.remember(self.outputs)
+        log(f"status re-read of {len(urns)} balancer(s) in {time.monotonic() - t0:.1f}s")
 
     def dns_drift(self) -> list[str]:
         """dns balancers whose healthy proxy nodes differ from their published records."""
@@ -357,11 +396,16 @@ class Loop:
             causes += self.dns_drift()
             pending += [c for c in causes if c not in pending]
             pending_refresh |= refresh
+            if not pending and self.settle_at is not None and time.monotonic() >= self.settle_at \
+                    and not self.stop.is_set():
+                self.settle()
             if not pending or self.stop.is_set():
                 continue
             done = self.reconcile(pending, pending_refresh)
             if done:
                 pending, pending_refresh, backoff = [], set(), 0.0
+                if self.settle_after is not None and self.unsettled():
+                    self.settle_at = time.monotonic() + self.settle_after
             elif done is None:
                 self.stop.wait(self.lock_retry)  # the other run's lock: ask again soon, no backoff
             else:

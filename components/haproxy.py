@@ -87,6 +87,19 @@ def haproxy_families(families, ipv4_binds=("0.0.0.0",)) -> list[dict]:
 
 CLUSTER_CA = "/etc/haproxy/cluster-ca.crt"
 BACKENDS_SETTLE_SECONDS = 10.0
+# `make watch` sets it to 0: its `up` reads the status as it is at once (never holding the stack for a backend's first
+# checks, which would delay the next event's reload) and re-reads it a moment later (reconcile.py).
+SETTLE_ENV = "CPLB_STATUS_SETTLE_SECONDS"
+
+
+def backends_settle_seconds() -> float:
+    """How long a status read waits for new backends' first checks: BACKENDS_SETTLE_SECONDS, or the watch's 0."""
+    import os
+
+    try:
+        return max(0.0, float(os.environ.get(SETTLE_ENV, BACKENDS_SETTLE_SECONDS)))
+    except ValueError:
+        return BACKENDS_SETTLE_SECONDS
 
 
 def fastinter_milliseconds(hc) -> int:

@@ -13,8 +13,8 @@ import pulumi
 from components.common import LoadBalancerArgs, instance_config
 from components.members import Members, build_members
 from components.haproxy import (
-    BACKENDS_SETTLE_SECONDS, CLUSTER_CA, HAPROXY_CFG, HAPROXY_RELOAD, HAPROXY_VALIDATE, KEEPALIVED_CONF,
-    KEEPALIVED_RELOAD, KEEPALIVED_VALIDATE, MONITOR_PORT, haproxy_drain, render_haproxy,
+    CLUSTER_CA, HAPROXY_CFG, HAPROXY_RELOAD, HAPROXY_VALIDATE, KEEPALIVED_CONF,
+    KEEPALIVED_RELOAD, KEEPALIVED_VALIDATE, MONITOR_PORT, backends_settle_seconds, haproxy_drain, render_haproxy,
     rendered_backends,
 )
 import health
@@ -48,9 +48,10 @@ def read_status(probe: dict, client) -> dict:
     wanted = set(probe["backends"])
     servers: dict = {}
     # A server that just became ready is seen by haproxy's next check: wait a little (bounded) for it.
-    deadline = time.monotonic() + BACKENDS_SETTLE_SECONDS
+    settle = backends_settle_seconds()
+    deadline = time.monotonic() + settle
     while running:
-        servers = health.haproxy_servers(incus, running[0], settle_seconds=5.0)
+        servers = health.haproxy_servers(incus, running[0], settle_seconds=min(5.0, settle))
         if all(servers.get(n) for n in wanted) or time.monotonic() >= deadline:
             break
         time.sleep(0.5)

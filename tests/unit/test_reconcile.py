@@ -92,3 +92,51 @@ def test_a_failed_up_is_retried_and_a_reconnect_refreshes():
     run_loop(stack, lambda events: (time.sleep(4), events.put(RECONNECTED)), seconds=8)
     # The catch-up at start fails once and is retried; the reconnect reconciles again, with a refresh.
     assert stack.ups == 2 and stack.refreshes >= 2, (stack.ups, stack.refreshes)
+
+
+class UnsettledStack(FakeStack):
+    """A stack whose balancer `api` reports its backends not yet healthy; records what each refresh targeted."""
+
+    STATUS = "urn:pulumi:dev::incus-cplb::cplb:lb:LxcLoadBalancer$pulumi-python:dynamic/status:BalancerStatus::api-status"
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.targets = []
+        self.healthy = "False"
+
+    def outputs_value(self):
+        return {"loadBalancers": {"api": {"status": {"conditions": [
+            {"type": "BackendsHealthy", "status": self.healthy}]}}}}
+
+    def outputs(self):
+        return {k: type("V", (), {"value": v})() for k, v in self.outputs_value().items()}
+
+    def export_stack(self):
+        return type("D", (), {"deployment": {"resources": [
+            {"urn": self.STATUS, "type": "pulumi-python:dynamic/status:BalancerStatus"}]}})()
+
+    def refresh(self, target=None, **_):
+        self.refreshes += 1
+        self.targets.append(target)
+        if target:
+            self.healthy = "True"  # the status read again sees the first checks done
+
+    def up(self, **kw):
+        super().up(**kw)
+        return type("Result", (), {"outputs": self.outputs()})()
+
+
+def test_a_status_read_before_the_first_checks_is_read_again_once_and_only_its_own():
+    """The watch's `up` reads status at once; a balancer whose backends were not yet healthy has its status (and
+    nothing else) refreshed `settle_after` seconds later, once."""
+    stack = UnsettledStack(seconds=0.1)
+    loop = run_loop(stack, lambda events: None, seconds=3, settle_after=0.5)
+    # The catch-up reconcile refreshes everything (None); then the settle pass targets the status resource alone.
+    assert stack.targets[1:] == [[UnsettledStack.STATUS]], stack.targets
+    assert loop.settle_at is None and stack.ups == 2
+
+
+def test_without_settle_after_nothing_is_read_again():
+    stack = UnsettledStack(seconds=0.1)
+    run_loop(stack, lambda events: None, seconds=2)
+    assert stack.targets == [None] and stack.ups == 1
