@@ -455,3 +455,12 @@ def up_in_thread(stack) -> tuple[threading.Thread, dict]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, box
+
+
+def process_users(instance: str, process: str) -> list[str]:
+    """The user of each `process` process in the instance (uid numbers, from /proc: busybox ps has no user column
+    for every build), master first."""
+    rc, out, err = incus().exec(instance, ["sh", "-c", f"for p in $(pidof {process}); do "
+                                          "awk '/^Uid:/ {print $2}' /proc/$p/status; done"])
+    assert rc == 0, err
+    return out.split()

@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import (
     ROOT, Load, base_config, demo_group, http_get, incus, instances_with_prefix, local_dns_server, pulumi_stack,
-    wait_for,
+    process_users, wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -128,6 +128,9 @@ def test_dns_role_change_updates_config_without_failed_requests(dns_server):
         targets = up.outputs["instanceGroups"].value["cp"]["addresses"]
         names = [f"{name}-cp-1", f"{name}-cp-2"]
         assert wait_for(lambda: {http_get(node, 8080) for _ in range(8)} == set(names), 15)
+        # nginx's master keeps root; its worker runs as nobody (65534).
+        users = process_users(f"{name}-api-proxy-1", "nginx")
+        assert "0" in users and "65534" in users, users
         with Load(f"{node}:8080", min_requests=1000) as load:
             for web_targets in ([{"name": "only-one", "address": targets[0]}], None):
                 project.write_stack_config(name, config(dns_server, cluster, f"web-{cluster}", web_targets))

@@ -13,6 +13,7 @@ import pytest
 from providers.incus_client import IncusError
 from providers.instance_file import InstanceFileProvider
 from tests.helpers import (
+    process_users,
     fresh_router_id, fresh_vip,
     Load, base_config, http_get, incus, instances_with_prefix, launch_external, pulumi_stack, set_label, vip_holders,
     wait_for,
@@ -71,6 +72,9 @@ def test_lxc_endpoint_follows_the_control_plane(control_plane):
         balancer = instances_with_prefix(stack_name)
         assert list(balancer) == [f"{stack_name}-api-haproxy-1"]
         uuid_before = balancer[f"{stack_name}-api-haproxy-1"]["config"]["volatile.uuid"]
+        # The master keeps root; the worker that carries the traffic runs as nobody (65534).
+        users = process_users(f"{stack_name}-api-haproxy-1", "haproxy")
+        assert "0" in users and "65534" in users, users
 
         # Wait until haproxy has seen all three healthy, then 30 requests go to all three in turn.
         assert wait_for(lambda: len(set(answers(ep, 6))) == 3, 20)
