@@ -62,17 +62,76 @@ def measure(kind: str, runs: int) -> list[tuple[str, str]]:
              f"{statistics.median(leaves):.2f} / {max(leaves):.2f} s")]
 
 
+def measure_embedded_default(runs: int) -> list[tuple[str, str]]:
+    """The embedded default (stacks/Pulumi.dev.yaml: a real control plane, workers, two lxc balancers, publishing
+    on) under its own names: an instance with the control-plane labels launched by hand -> in the API balancer's
+    haproxy.cfg; deleted as soon as it is there (its events come while the watch finishes the first reconcile) -> out
+    of haproxy.cfg, and out of the stack outputs."""
+    import random
+
+    from tests.integration.test_make_up import dev_config
+
+    cluster = f"bd{random.randrange(16**4):04x}"
+    config_in, config_out, outputs_out = [], [], []
+    with pulumi_stack(dev_config(cluster), prefix="bd") as (project, name, stack):
+        stack.up(on_output=quiet)
+        watch = Watch(project, name)
+        holder = f"{name}-{cluster}-api-haproxy-1"
+        labels = {"user.cluster-name": cluster, "user.cluster-role": "control-plane"}
+
+        def in_config(instance: str) -> bool:
+            rc, out, _ = incus().exec(holder, ["cat", "/etc/haproxy/haproxy.cfg"])
+            return rc == 0 and f"server {instance} " in out
+
+        def in_outputs(instance: str) -> bool:
+            backends = stack.outputs()["loadBalancers"].value[f"{cluster}-api"]["backends"]
+            return any(b.get("name") == instance for b in backends)
+
+        try:
+            assert wait_for(watch.idle, 180)
+            for n in range(runs):
+                outside = f"{name}-x{n}"
+                t0 = time.monotonic()
+                launch_external(outside, labels)
+                assert wait_for(lambda: in_config(outside), 120, 0.05), watch.text()
+                config_in.append(time.monotonic() - t0)
+                t0 = time.monotonic()
+                incus().delete_instance(outside)
+                assert wait_for(lambda: not in_config(outside), 120, 0.05), watch.text()
+                config_out.append(time.monotonic() - t0)
+                assert wait_for(lambda: not in_outputs(outside), 120, 0.2), watch.text()
+                outputs_out.append(time.monotonic() - t0)
+                print(f"embedded default run {n + 1}: in the config {config_in[-1]:.2f} s after the launch; deleted "
+                      f"at once: out of the config {config_out[-1]:.2f} s, out of the outputs {outputs_out[-1]:.2f} s",
+                      flush=True)
+                assert wait_for(watch.idle, 120)
+        finally:
+            watch.stop()
+    return [(f"embedded default: launch of a labelled instance -> in haproxy.cfg ({runs} runs)",
+             f"{statistics.median(config_in):.2f} / {max(config_in):.2f} s"),
+            (f"embedded default: its delete, while the watch finishes that reconcile -> out of haproxy.cfg ({runs} runs)",
+             f"{statistics.median(config_out):.2f} / {max(config_out):.2f} s"),
+            (f"embedded default: the same delete -> out of the stack outputs ({runs} runs)",
+             f"{statistics.median(outputs_out):.2f} / {max(outputs_out):.2f} s")]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--only", choices=["lxc", "ovn", "default"], help="one cell only")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
-    rows = measure("lxc", args.runs)
-    subprocess.run([os.path.join(ROOT, "scripts", "ovn-up")], check=True, stdout=subprocess.DEVNULL)
-    try:
-        rows += measure("ovn", args.runs)
-    finally:
-        subprocess.run([os.path.join(ROOT, "scripts", "ovn-down")], check=False, stdout=subprocess.DEVNULL)
+    rows: list[tuple[str, str]] = []
+    if args.only in (None, "default"):
+        rows += measure_embedded_default(args.runs)
+    if args.only in (None, "lxc"):
+        rows += measure("lxc", args.runs)
+    if args.only in (None, "ovn"):
+        subprocess.run([os.path.join(ROOT, "scripts", "ovn-up")], check=True, stdout=subprocess.DEVNULL)
+        try:
+            rows += measure("ovn", args.runs)
+        finally:
+            subprocess.run([os.path.join(ROOT, "scripts", "ovn-down")], check=False, stdout=subprocess.DEVNULL)
     emit("make watch: median / max latency without anyone running `up`", rows, args.record)
     return 0
 
