@@ -31,11 +31,11 @@ def quiet(_):
 class Watch:
     """scripts/watch for one stack, as a process; its log in a file."""
 
-    def __init__(self, project, name: str):
+    def __init__(self, project, name: str, *extra: str):
         self.log_path = os.path.join(project.dir, "watch.log")
         self.proc = subprocess.Popen(
             [os.path.join(ROOT, ".venv", "bin", "python"), os.path.join(ROOT, "scripts", "watch"), "--stack", name,
-             "--work-dir", project.dir, "--debounce", "0.5", "--interval", "1", "--max-seconds", "900"],
+             "--work-dir", project.dir, "--debounce", "0.5", "--interval", "1", "--max-seconds", "900", *extra],
             env={**os.environ, **project.env}, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
         self.project = project
         assert wait_for(lambda: "watching stack" in self.text(), 60), self.text()
