@@ -3,7 +3,8 @@
 authenticated API load (tests/k8s.ApiLoad: new connections and one kept-alive connection).
 
 One stack, side by side in the same run: a real 3-member control plane behind two `lxc` balancers, a VRRP pair on a
-VIP and a single replica. Each run builds a new version of an image (scripts/build-image --variant) and runs
+VIP and a single replica; then (`members`) a control plane whose VIP lives on its members, with `keepalived` and with
+kube-vip (lease 5/3/1), each rolling its image. Each run builds a new version of an image (scripts/build-image --variant) and runs
 `up` with CPLB_UPGRADE=1, as `make upgrade` does:
 - `cplb/haproxy`: both balancers roll in the same `up` (the pair standby first, the single one in place);
 - `cplb/control-plane`: the members roll one at a time behind both balancers.
@@ -11,7 +12,7 @@ Reported per cell: the longest gap between answered probes (median and max over 
 requests, and the `up`'s duration; beside it the all-at-once figure measured before rollouts existed (issue 27:
 5.2 s, 37 failed probes, for the pair).
 
-Run: python bench/rollout.py [--runs N] [--record]
+Run: python bench/rollout.py [--runs N] [--only lxc|members] [--record]
 """
 
 from __future__ import annotations
@@ -86,14 +87,60 @@ def cell(runs: list[dict]) -> str:
             f"{sum(r['api_ok'] + r['api_failed'] for r in runs)}; `up` {statistics.median(r['up'] for r in runs):.1f} s")
 
 
+# The VIPs on the members themselves: the control plane's image (with kube-vip in it, for the kube-vip cell) rolls one
+# member at a time while the VIP moves off each member before its rebuild (keepalived: its priority drops with its
+# API server's /readyz; kube-vip: its lease).
+VIP_ON_MEMBERS = {
+    "keepalived": lambda vip: {"type": "keepalived", "ports": [{"name": "api", "port": 6443, "targetPort": 6443}],
+                               "healthCheck": readyz_check(), "keepalived": {"mode": "userspace", "vrrpInstances": [
+                                   {"virtualIPs": [f"{vip}/24"], "virtualRouterID": 143}]}},
+    "kube-vip 5/3/1": lambda vip: {"type": "external", "external": {"endpoint": f"{vip}:6443", "kubeVip": {
+        "vip": vip, "leaseDurationSeconds": 5, "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}}},
+}
+MEMBERS_VIP = "198.18.10.43"
+
+
+def vip_on_members(label: str, runs: int, timeout: float) -> list[dict]:
+    """`runs` rollouts of cplb/control-plane-kube-vip under a balancer whose VIP lives on the members."""
+    cp = real_control_plane("bvm", CLUSTER, image="cplb/control-plane-kube-vip")
+    lb = {"name": "vm", "cluster": CLUSTER, **VIP_ON_MEMBERS[label](MEMBERS_VIP)}
+    found = []
+    with pulumi_stack(base_config(controlPlanes=[cp], loadBalancers=[lb]), prefix="brv") as (_project, name, stack):
+        result = stack.up(on_output=quiet)
+        kubeconfig = result.outputs["clusters"].value[CLUSTER]["kubeconfig"]
+        for n in range(runs):
+            figures = one_rollout(stack, kubeconfig, {label: (MEMBERS_VIP, 6443)}, "control-plane-kube-vip",
+                                  f"bench-{name}-{n}", timeout)[label]
+            found.append(figures)
+            print(f"run {n + 1} control-plane-kube-vip via {label}: gap {figures['outage']:.3f} s, "
+                  f"{figures['failed']} failed probes, {figures['api_failed']} failed API requests, "
+                  f"up {figures['up']:.1f} s", flush=True)
+    build_image_version("control-plane-kube-vip")  # back to the checkout's recipe
+    return found
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--only", choices=["lxc", "members"], help="the lxc balancers, or the VIPs on the members")
     # A 2-core machine running two 3-member control planes is saturated while an image unpacks: with 200 ms, probes
     # fail that a slow CPU, not the endpoint, kept waiting (tests/integration/test_rollout.py PROBE_TIMEOUT).
     ap.add_argument("--timeout", type=float, default=1.0, help="a probe's patience in seconds")
     args = ap.parse_args()
+    rows: list[tuple[str, str]] = []
+    if args.only in (None, "lxc"):
+        rows += lxc_cells(args)
+    if args.only in (None, "members"):
+        for label in VIP_ON_MEMBERS:
+            rows.append((f"`cplb/control-plane-kube-vip` upgrade (3 members, one at a time), through the {label} VIP "
+                         "on the members", cell(vip_on_members(label, args.runs, args.timeout))))
+    emit(f"rolling image upgrades as a client sees them ({args.runs} runs per cell; a new TLS connection every 10 ms, "
+         f"{args.timeout:g} s timeout, plus an API load)", rows, args.record)
+    return 0
+
+
+def lxc_cells(args) -> list[tuple[str, str]]:
     results: dict = {}
     with pulumi_stack(values(), prefix="brl") as (_project, name, stack):
         result = stack.up(on_output=quiet)
@@ -112,7 +159,7 @@ def main() -> int:
         build_image_version(image)  # back to the checkout's recipes
     pair, single = results[("haproxy", "pair")], results[("haproxy", "single")]
     ratio = statistics.median(r["outage"] for r in single) / max(statistics.median(r["outage"] for r in pair), 1e-3)
-    rows = [
+    return [
         ("`cplb/haproxy` upgrade, lxc pair (VIP, advert 0.02 s)", cell(pair)),
         ("`cplb/haproxy` upgrade, lxc single replica (rebuilt in place)", cell(single)),
         ("single / pair, longest gap (median)", f"{ratio:.0f}x"),
@@ -121,9 +168,6 @@ def main() -> int:
          cell(results[("control-plane", "pair")])),
         ("`cplb/control-plane` upgrade, through the single replica", cell(results[("control-plane", "single")])),
     ]
-    emit(f"rolling image upgrades as a client sees them ({args.runs} runs per cell; a new TLS connection every 10 ms, "
-         f"{args.timeout:g} s timeout, plus an API load)", rows, args.record)
-    return 0
 
 
 if __name__ == "__main__":
