@@ -49,28 +49,27 @@ def is_stale(lock: dict, host: str) -> bool:
     return started is None or (taken is not None and started > taken + 2)
 
 
-def stale(locks_dir: str, stack: str, host: Optional[str] = None) -> bool:
-    host = host or socket.gethostname()
+def locks_of(locks_dir: str, stack: str) -> list[dict]:
+    """The stack's lock files as they read now (one being written, or just removed, is passed over)."""
+    out = []
     for path in glob.glob(os.path.join(locks_dir, "**", stack, "*.json"), recursive=True):
         try:
             with open(path) as f:
-                lock = json.load(f)
+                out.append(json.load(f))
         except (OSError, ValueError):
             continue
-        if is_stale(lock, host):
-            return True
-    return False
+    return out
+
+
+def stale(locks_dir: str, stack: str, host: Optional[str] = None) -> bool:
+    host = host or socket.gethostname()
+    return any(is_stale(lock, host) for lock in locks_of(locks_dir, stack))
 
 
 def held(locks_dir: str, stack: str, host: Optional[str] = None) -> Optional[str]:
     """Who holds a live lock of `stack` ("pid N on HOST since T"), or None: what a second run waits for."""
     host = host or socket.gethostname()
-    for path in glob.glob(os.path.join(locks_dir, "**", stack, "*.json"), recursive=True):
-        try:
-            with open(path) as f:
-                lock = json.load(f)
-        except (OSError, ValueError):
-            continue  # being written, or just removed
+    for lock in locks_of(locks_dir, stack):
         if not is_stale(lock, host):
             return f"pid {lock.get('pid')} on {lock.get('hostname')} since {lock.get('timestamp')}"
     return None
