@@ -16,6 +16,9 @@ from providers.pki import SCOPED_CLIENTS
 
 RBAC = "rbac.authorization.k8s.io/v1"
 KUBE_VIP_LEASE = "plndr-cp-lock"
+# kube-vip's own kubeconfig on the stack's control-plane members (written by components/control_plane.py, read by the
+# static pod components/external.py renders).
+KUBE_VIP_KUBECONFIG = "/etc/kubernetes/kube-vip.conf"
 
 
 def _meta(name: str, namespace: str = "") -> dict:

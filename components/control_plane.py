@@ -23,7 +23,7 @@ import pulumi
 
 import health
 from components.common import StackContext, instance_config
-from components.access import scoped_objects
+from components.access import KUBE_VIP_KUBECONFIG, scoped_objects
 from components.kubefiles import kubeconfig, render_flags
 from components.members import Members, build_members
 from providers.etcd_member import EtcdMember, EtcdPromotion
@@ -42,8 +42,6 @@ ETCD_TRUST = f"{PKI}/etcd/ca.crt"
 ETCD_ARGS = "/etc/kubernetes/etcd.args"
 APISERVER_ARGS = "/etc/kubernetes/kube-apiserver.args"
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
-# kube-vip's own kubeconfig (a Lease's rights, not the admin's): what its static pod reads (components/external.py).
-KUBE_VIP_CONF = "/etc/kubernetes/kube-vip.conf"
 # kube-controller-manager and kube-scheduler, as kubeadm lays them out: each with its own kubeconfig (its own client
 # certificate, naming this member's API server) and, here, a flags file like the other services.
 CONTROLLERS = {
@@ -453,7 +451,7 @@ class ControlPlane(pulumi.ComponentResource):
                      render_flags(controller_flags(service, spec), args_path), reload=again, after=[conf_file])
             # kube-vip's own kubeconfig (its Lease, nothing else: components/access.py), before the admin one at the
             # path kubeadm uses: a kube-vip started in between must not fall back to the admin's.
-            kube_vip_conf = push(node, inst, "kube-vip-conf", KUBE_VIP_CONF, client_kubeconfig(
+            kube_vip_conf = push(node, inst, "kube-vip-conf", KUBE_VIP_KUBECONFIG, client_kubeconfig(
                 "kube-vip", inst.address.apply(lambda a: f"{a}:6443")), secret=True, mode="0600")
             push(node, inst, "admin-conf", ADMIN_CONF, client_kubeconfig(
                 "admin", inst.address.apply(lambda a: f"{a}:6443")), secret=True, mode="0600", after=[kube_vip_conf])

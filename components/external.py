@@ -10,6 +10,7 @@ from typing import Optional
 
 import pulumi
 
+from components.access import KUBE_VIP_KUBECONFIG
 from components.common import LoadBalancerArgs
 from components.render import render
 from components.status import condition
@@ -18,7 +19,6 @@ from providers.instance_file import InstanceFile
 
 # The kubeconfig kube-vip reads: on the stack's own control plane, its own (a Lease's rights; pushed by
 # components/control_plane.py); on a cluster the stack does not run, the admin's, as kubeadm's nodes have it.
-OWN_CLUSTER_KUBECONFIG = "/etc/kubernetes/kube-vip.conf"
 KUBEADM_KUBECONFIG = "/etc/kubernetes/admin.conf"
 
 
@@ -27,7 +27,7 @@ def render_kube_vip(stack: str, lb, own_cluster: bool = False) -> str:
     ext, kv = lb.external, lb.external.kube_vip
     return render(
         "kube-vip.yaml.j2", stack=stack, lb_name=lb.name, vip=kv.vip, interface=kv.interface,
-        kubeconfig=OWN_CLUSTER_KUBECONFIG if own_cluster else KUBEADM_KUBECONFIG,
+        kubeconfig=KUBE_VIP_KUBECONFIG if own_cluster else KUBEADM_KUBECONFIG,
         cidr="128" if ":" in kv.vip else "32", port=str(ext.port), image=kv.image,
         lease_duration=str(kv.lease_duration_seconds), renew_deadline=str(kv.renew_deadline_seconds),
         retry_period=str(kv.retry_period_seconds),
