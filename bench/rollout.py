@@ -124,6 +124,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--record", action="store_true")
     ap.add_argument("--only", choices=["lxc", "members"], help="the lxc balancers, or the VIPs on the members")
+    ap.add_argument("--member-vip", choices=list(VIP_ON_MEMBERS), help="with the members: this VIP's cell only")
     # A 2-core machine running two 3-member control planes is saturated while an image unpacks: with 200 ms, probes
     # fail that a slow CPU, not the endpoint, kept waiting (tests/integration/test_rollout.py PROBE_TIMEOUT).
     ap.add_argument("--timeout", type=float, default=1.0, help="a probe's patience in seconds")
@@ -132,7 +133,7 @@ def main() -> int:
     if args.only in (None, "lxc"):
         rows += lxc_cells(args)
     if args.only in (None, "members"):
-        for label in VIP_ON_MEMBERS:
+        for label in [args.member_vip] if args.member_vip else VIP_ON_MEMBERS:
             rows.append((f"`cplb/control-plane-kube-vip` upgrade (3 members, one at a time), through the {label} VIP "
                          "on the members", cell(vip_on_members(label, args.runs, args.timeout))))
     emit(f"rolling image upgrades as a client sees them ({args.runs} runs per cell; a new TLS connection every 10 ms, "
