@@ -5,9 +5,6 @@
 // Every second it reads the directory: a new or changed manifest (re)starts its containers, a removed one stops
 // them, a container that exits is started again after a second. hostPath volumes must be mounted at the same path
 // (there are no mount namespaces here); a manifest that needs anything else is refused with a log line.
-//
-// SIGTERM (or SIGINT) stops every container as a kubelet would (SIGTERM, SIGKILL after 10 s) and then the runner:
-// the image's shutdown script stops it while the node's API server still serves, so kube-vip can release its lease.
 package main
 
 import (
@@ -17,7 +14,6 @@ import (
 	"log"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -159,8 +155,6 @@ func main() {
 	log.SetFlags(log.LstdFlags | log.Lmsgprefix)
 	log.SetPrefix("cplb-static-pods: ")
 	pods := map[string]*running{}
-	quit := make(chan os.Signal, 1)
-	signal.Notify(quit, syscall.SIGTERM, syscall.SIGINT)
 	for {
 		files, _ := filepath.Glob(filepath.Join(*dir, "*.yaml"))
 		more, _ := filepath.Glob(filepath.Join(*dir, "*.yml"))
@@ -207,15 +201,6 @@ func main() {
 				log.Printf("%s: removed", f)
 			}
 		}
-		select {
-		case <-quit:
-			for f, r := range pods {
-				close(r.stop)
-				r.done.Wait()
-				log.Printf("%s: stopped", f)
-			}
-			return
-		case <-time.After(time.Second):
-		}
+		time.Sleep(time.Second)
 	}
 }
