@@ -118,6 +118,12 @@ class Follower:
     def start(self) -> None:
         self.last = self.signature()
 
+    def own_write(self) -> None:
+        """The watch's own `up` wrote the state: nothing to read again for that (a change of the config file, the
+        first path, is still seen at the next poll)."""
+        now = self.signature()
+        self.last = (self.last[0] if self.last else now[0], *now[1:])
+
     def poll(self) -> Optional["Interest"]:
         """A new Interest when something changed since the last poll, else None."""
         now = self.signature()
@@ -295,6 +301,8 @@ class Loop:
         except auto.errors.CommandError as exc:
             log(f"status re-read of {len(urns)} balancer(s) skipped: {str(exc).strip().splitlines()[-1][:200]}")
             return
+        if self.follower:
+            self.follower.own_write()
         self.outputs = {k: v.value for k, v in result.outputs.items()}
         self.interest.remember(self.outputs)
         log(f"status re-read of {len(urns)} balancer(s) in {time.monotonic() - t0:.1f}s")
@@ -349,6 +357,8 @@ class Loop:
             log(f"reconcile ({'; '.join(causes)}) failed after {time.monotonic() - t0:.1f}s: {last.strip()[:300]}")
             return False
         self.ups += 1
+        if self.follower:
+            self.follower.own_write()
         self.outputs = {k: v.value for k, v in result.outputs.items()}
         self.interest.remember(self.outputs)
         self.remember_urns()

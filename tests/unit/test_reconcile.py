@@ -140,3 +140,34 @@ def test_without_settle_after_nothing_is_read_again():
     stack = UnsettledStack(seconds=0.1)
     run_loop(stack, lambda events: None, seconds=2)
     assert stack.targets == [None] and stack.ups == 1
+
+
+def test_the_follower_reads_again_on_a_config_or_foreign_state_change_not_on_its_own_write(tmp_path):
+    """The watch reads the stack's config again when its file or the state changes, but not for the state its own
+    `up` wrote (that read would delay the next event's reconcile)."""
+    import os
+
+    from reconcile import Follower
+
+    config, state = tmp_path / "Pulumi.dev.yaml", tmp_path / "dev.json"
+    config.write_text("a")
+    state.write_text("1")
+    reads = []
+    follower = Follower([str(config), str(state)], lambda: reads.append(1) or "interest")
+    follower.start()
+    assert follower.poll() is None
+
+    def touch(path, text):
+        path.write_text(text)
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+    touch(state, "22")  # the watch's own `up`
+    follower.own_write()
+    assert follower.poll() is None and reads == []
+    touch(state, "333")  # someone else's `up`
+    assert follower.poll() == "interest" and reads == [1]
+    touch(config, "bb")  # an edit of the config, then the watch's own `up` before its next poll
+    touch(state, "4444")
+    follower.own_write()
+    assert follower.poll() == "interest" and reads == [1, 1]
