@@ -6,7 +6,8 @@ One stack, side by side in the same run: a real 3-member control plane behind tw
 VIP and a single replica; then (`members`) a control plane whose VIP lives on its members, with `keepalived` and with
 kube-vip (lease 5/3/1), each rolling its image. Each run builds a new version of an image (scripts/build-image --variant) and runs
 `up` with CPLB_UPGRADE=1, as `make upgrade` does:
-- `cplb/haproxy`: both balancers roll in the same `up` (the pair standby first, the single one in place);
+- `cplb/haproxy`: both balancers roll in the same `up` (the pair standby first, the single one in place); the pair
+  again without the new holder taking the old one's connections over (CPLB_TAKEOVER=0), the before of the same run;
 - `cplb/control-plane`: the members roll one at a time behind both balancers.
 Reported per cell: the longest gap between answered probes (median and max over the runs), failed probes, failed API
 requests, and the `up`'s duration; beside it the all-at-once figure measured before rollouts existed (issue 27:
@@ -51,7 +52,8 @@ def values() -> dict:
     ])
 
 
-def one_rollout(stack, kubeconfig: str, endpoints: dict, image: str, variant: str, timeout: float) -> dict:
+def one_rollout(stack, kubeconfig: str, endpoints: dict, image: str, variant: str, timeout: float,
+                env: dict | None = None) -> dict:
     build_image_version(image, variant)
     ca = kubeconfig_ca(kubeconfig)
     probers = {label: Prober(host, port, ca, timeout=timeout) for label, (host, port) in endpoints.items()}
@@ -62,11 +64,13 @@ def one_rollout(stack, kubeconfig: str, endpoints: dict, image: str, variant: st
         t0 = time.monotonic()
         for load in loads.values():
             load.__enter__()
-        stack.workspace.env_vars["CPLB_UPGRADE"] = "1"
+        extra = {"CPLB_UPGRADE": "1", **(env or {})}
+        stack.workspace.env_vars.update(extra)
         try:
             stack.up(on_output=quiet)
         finally:
-            del stack.workspace.env_vars["CPLB_UPGRADE"]
+            for key in extra:
+                del stack.workspace.env_vars[key]
             for load in loads.values():
                 load.__exit__(None, None, None)
         t1 = time.monotonic()
@@ -149,19 +153,28 @@ def lxc_cells(args) -> list[tuple[str, str]]:
         lbs = result.outputs["loadBalancers"].value
         endpoints = {label: (lbs[label]["endpoint"].rsplit(":", 1)[0], 6443) for label in ("pair", "single")}
         for n in range(args.runs):
-            for image in ("haproxy", "control-plane"):
-                found = one_rollout(stack, kubeconfig, endpoints, image, f"bench-{name}-{n}", args.timeout)
+            # The pair's handover with its connections taken over by the new holder, and without (CPLB_TAKEOVER=0,
+            # as before 2026-12-07's evening), then the control plane.
+            for image, mode, env in (("haproxy", "", {}), ("haproxy", "no takeover", {"CPLB_TAKEOVER": "0"}),
+                                     ("control-plane", "", {})):
+                found = one_rollout(stack, kubeconfig, endpoints if not mode else {"pair": endpoints["pair"]},
+                                    image, f"bench-{name}-{n}{'-b' if mode else ''}", args.timeout, env)
                 for label, figures in found.items():
-                    results.setdefault((image, label), []).append(figures)
-                    print(f"run {n + 1} {image} via {label}: gap {figures['outage']:.3f} s, {figures['failed']} "
+                    key = f"{label}, {mode}" if mode else label
+                    results.setdefault((image, key), []).append(figures)
+                    print(f"run {n + 1} {image} via {key}: gap {figures['outage']:.3f} s, {figures['failed']} "
                           f"failed probes, {figures['api_failed']} failed API requests, up {figures['up']:.1f} s",
                           flush=True)
     for image in ("control-plane", "haproxy"):
         build_image_version(image)  # back to the checkout's recipes
     pair, single = results[("haproxy", "pair")], results[("haproxy", "single")]
-    ratio = statistics.median(r["outage"] for r in single) / max(statistics.median(r["outage"] for r in pair), 1e-3)
+    before = results[("haproxy", "pair, no takeover")]
+    gap = lambda runs: max(statistics.median(r["outage"] for r in runs), 1e-3)  # noqa: E731
+    ratio = gap(single) / gap(pair)
     return [
-        ("`cplb/haproxy` upgrade, lxc pair (VIP, advert 0.02 s)", cell(pair)),
+        ("`cplb/haproxy` upgrade, lxc pair (VIP, advert 0.02 s), connections taken over", cell(pair)),
+        ("`cplb/haproxy` upgrade, lxc pair, without the takeover (CPLB_TAKEOVER=0)", cell(before)),
+        ("without / with the takeover, longest gap (median)", f"{gap(before) / gap(pair):.1f}x"),
         ("`cplb/haproxy` upgrade, lxc single replica (rebuilt in place)", cell(single)),
         ("single / pair, longest gap (median)", f"{ratio:.0f}x"),
         ("lxc pair, all at once (before rollouts)", ALL_AT_ONCE_PAIR),

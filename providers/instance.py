@@ -271,13 +271,14 @@ class InstanceProvider(ResourceProvider):
                                  "serve. Nothing was changed; run `up` again once they are.")
         if inst.get("status") != "Stopped":
             seconds = int(plan.get("stopSeconds") or STOP_SECONDS)
-            try:
-                client.set_state(name, "stop", timeout=seconds)
-            except IncusError:
-                # A stop already under way (asked by an `up` that was killed) gets its bound too: a forced stop cuts
-                # etcd and the API server's requests in flight. Forced only when the member is still up after it.
-                if not InstanceProvider._stopped_within(client, name, seconds):
-                    client.set_state(name, "stop", force=True)
+            with rollout.connections_handed_over(client, name, inst, peers, health):
+                try:
+                    client.set_state(name, "stop", timeout=seconds)
+                except IncusError:
+                    # A stop already under way (asked by an `up` that was killed) gets its bound too: a forced stop
+                    # cuts etcd and the API server's requests in flight. Forced only when the member is still up after.
+                    if not InstanceProvider._stopped_within(client, name, seconds):
+                        client.set_state(name, "stop", force=True)
         fingerprint = props["imageFingerprint"]
         client.call("POST", f"instances/{name}/rebuild", json={"source": {"type": "image", "fingerprint": fingerprint}},
                     what=f"rebuild instance {name} from image {fingerprint[:12]}")

@@ -13,8 +13,10 @@ The component says what healthy means for its members (`health`, plain data):
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from typing import Optional
+from typing import Iterator, Optional
 
 from providers import haproxy_runtime
 from providers.incus_client import addresses_of
@@ -75,3 +77,36 @@ def wait_healthy(client, names: list[str], health: dict, seconds: float) -> Opti
         if time.monotonic() >= deadline:
             return "; ".join(problems)
         time.sleep(POLL_SECONDS)
+
+
+# How long a peer sends a leaving holder's connections on at most (cplb-takeover's element timeout): the holder's
+# drain (keepalived 3 s, haproxy's soft stop 10 s, images/common/usr/local/bin/cplb-shutdown) and some margin.
+TAKEOVER_SECONDS = 30
+TAKEOVER = "/usr/local/bin/cplb-takeover"
+
+
+@contextlib.contextmanager
+def connections_handed_over(client, name: str, inst: dict, peers: list[str], health: dict) -> Iterator[None]:
+    """While a VRRP replica is stopped for its rebuild, its peers send the packets of the connections it still serves
+    on to it (images/haproxy/usr/local/bin/cplb-takeover) instead of resetting them once the VIP has moved: the
+    connections open at the handover finish on the old holder. Best effort: a peer on an image without the command
+    resets them, as before."""
+    address = (addresses_of(inst).get("inet") or [""])[0]
+    helpers = []
+    # CPLB_TAKEOVER=0: the handover as it was before (bench/rollout.py measures both in one run).
+    if health.get("kind") == "haproxy" and health.get("vrrp") and address and os.environ.get("CPLB_TAKEOVER") != "0":
+        for peer in peers:
+            try:
+                rc, _, _ = client.exec(peer, [TAKEOVER, "accept", address, str(TAKEOVER_SECONDS)], timeout=10)
+            except Exception:  # noqa: BLE001 - a peer that cannot help leaves the handover as it was before
+                continue
+            if rc == 0:
+                helpers.append(peer)
+    try:
+        yield
+    finally:
+        for peer in helpers:
+            try:
+                client.exec(peer, [TAKEOVER, "release", address], timeout=10)
+            except Exception:  # noqa: BLE001 - the element's own timeout ends it
+                pass

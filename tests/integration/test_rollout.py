@@ -16,6 +16,8 @@ import time
 import pytest
 
 from bench.failover import Prober, outage
+from components.haproxy import MONITOR_PORT
+from providers import rollout
 from tests.helpers import (
     base_config, build_image_version, incus, pulumi_stack, vip_holders, volumes_with_prefix, wait_for,
 )
@@ -271,6 +273,68 @@ def test_upgrade_killed_after_the_first_member_is_finished_by_the_next_plain_up(
     etcd_unchanged(name, before)
 
 
+def test_a_leaving_holder_finishes_its_connections_through_the_peer_that_took_the_vip(rolling):
+    """What a rollout does for the connections open at the VIP's move, seen on one of them: a kept-alive TLS
+    connection through the VIP to the holder goes on answering on the same socket after the VIP has moved to the
+    peer (which sends its packets on: cplb-takeover), while the old holder drains. Without the takeover its next
+    request after the move is reset by the new holder (the second half: the same, after `release`)."""
+    import http.client
+    import ssl
+    import threading
+
+    from providers.incus_client import addresses_of
+
+    _project, name, _stack, _kube, kubeconfig = rolling
+    prefix = f"{name}-roll-api-haproxy"
+    ctx = ssl.create_default_context(cadata=kubeconfig_ca(kubeconfig))
+    ctx.check_hostname = False
+
+    def move_vip(takeover: bool) -> list[str]:
+        """Requests on one kept-alive connection while its holder stops; what each got after the move."""
+        assert wait_for(lambda: len(vip_holders(prefix, VIP)) == 1, 60)
+        holder = vip_holders(prefix, VIP)[0]
+        peer = next(r for r in (f"{prefix}-1", f"{prefix}-2") if r != holder)
+        address = addresses_of(incus().get_instance(holder))["inet"][0]
+        rc, _, err = incus().exec(peer, ["/usr/local/bin/cplb-takeover", "accept" if takeover else "release",
+                                         address, "30"])
+        assert rc == 0, err
+        conn = http.client.HTTPSConnection(VIP, 6443, context=ctx, timeout=3)
+        conn.request("GET", "/readyz")
+        assert conn.getresponse().read() == b"ok"
+        sock = conn.sock
+        stopping = threading.Thread(target=incus().set_state, args=(holder, "stop"), kwargs={"timeout": 60})
+        stopping.start()
+        seen = []
+        try:
+            assert wait_for(lambda: vip_holders(prefix, VIP) == [peer], 20, 0.05), vip_holders(prefix, VIP)
+            for _ in range(5):
+                try:
+                    conn.request("GET", "/readyz")
+                    seen.append(conn.getresponse().read().decode() if conn.sock is sock else "reconnected")
+                except (OSError, http.client.HTTPException) as e:
+                    seen.append(type(e).__name__)
+                    break
+                time.sleep(0.1)
+        finally:
+            conn.close()
+            stopping.join(timeout=90)
+            incus().exec(peer, ["/usr/local/bin/cplb-takeover", "release", address])
+            incus().set_state(holder, "start")
+            # Back in the pair: haproxy with a server UP, keepalived running with its check passing.
+            health = {"kind": "haproxy", "port": 6443, "vrrp": True, "monitorPort": MONITOR_PORT}
+            assert rollout.wait_healthy(incus(), [holder], health, 120) is None
+        return seen
+
+    taken_over = move_vip(takeover=True)
+    print(f"\nrequests on one kept-alive connection after the VIP moved, with the takeover: {taken_over}")
+    assert taken_over == ["ok"] * 5
+    # Without it, a request the old holder answered (sent before the clients had the new holder's ARP) may come
+    # first; the connection then fails, where with the takeover it did not.
+    without = move_vip(takeover=False)
+    print(f"without: {without}")
+    assert without != ["ok"] * 5 and without[-1] != "ok", without
+
+
 def test_image_upgrade_of_an_lxc_pair_moves_the_vip_gracefully(rolling):
     project, name, stack, kube, kubeconfig = rolling
     replicas = [f"{name}-roll-api-haproxy-{n}" for n in (1, 2)]
@@ -300,14 +364,12 @@ def test_image_upgrade_of_an_lxc_pair_moves_the_vip_gracefully(rolling):
     print(f"\nlxc pair upgrade under a 10 ms prober: longest gap {seen['outage']:.3f}s, {seen['failed']} failed "
           f"probes; kept-alive and new-connection load {load.counts}, failed on {load.failed_on}; order {order}")
     assert order[0] == standby.split(f"{name}-", 1)[1], (order, holder)  # the standby first, the holder last
-    # What the handover costs (docs/upgrades.md, known gaps): the connections open on the old holder at the instant
-    # the VIP moves, whose next packets reach the new holder; on a quiet machine 0-2 probes of the 10 ms prober.
-    # Under the whole suite's load on 2 cores the same handover has cost 0 failed probes with a 0.50 s gap, and 14
-    # failed probes in a 0.76 s stall (2026-12-07): so the probes' figures are printed, and measured by
-    # bench/rollout.py on a quiet machine, not asserted here. What holds under load too: the endpoint answers again,
-    # no request on the kept-alive connection fails (its close is retried, as Go's transport does), and at most the
-    # few new connections open at the move fail.
-    assert seen["recovered"] and load.failed_on["fresh"] <= 6, (seen, load.errors)
+    # The connections open on the old holder when the VIP moves finish there (its peer sends their packets on,
+    # cplb-takeover; the old holder keeps the VIP on lo while it drains): no probe and no request fails, on new
+    # connections or on the kept-alive one (whose close at the end of the old holder's drain is retried, as Go's
+    # transport does). The gap between answers is printed, not asserted (bench/rollout.py measures it).
+    assert seen["recovered"] and seen["failed"] == 0, (seen, load.errors)
+    assert load.failed_on["fresh"] == 0, load.errors
     assert load.failed_on["kept"] == 0, load.errors
     assert set(base_images(replicas).values()) == {new}
     assert len(vip_holders(f"{name}-roll-api-haproxy", VIP)) == 1

@@ -148,6 +148,28 @@ def test_a_serving_member_waits_for_its_peers_then_stops_rebuilds_and_waits_unti
     assert outs["imageFingerprint"] == NEW
 
 
+def test_a_vrrp_replica_stops_only_while_its_peers_take_its_connections_over(fake):
+    """The peers send on what still reaches them for the leaving holder's connections (cplb-takeover), from before
+    its stop until it is stopped; a peer that cannot (an older image: exit 127) is left as it was."""
+    client, _ = fake()
+    replies = {"s-cp-2": 0, "s-cp-3": 127}
+
+    def exec_(name, cmd, timeout=120):
+        client.calls.append(f"{name} {' '.join(cmd[1:])}")
+        return replies[name], "", ""
+
+    client.exec = exec_
+    news = {**NEWS, "rollout": {**NEWS["rollout"], "health": {"kind": "haproxy", "port": 6443, "vrrp": True}}}
+    InstanceProvider().update("s-cp-1", BASE, news)
+    assert client.calls[:4] == ["s-cp-2 accept 198.18.10.150 30", "s-cp-3 accept 198.18.10.150 30", "stop",
+                                "s-cp-2 release 198.18.10.150"]
+    # Without VRRP (or for other kinds) nothing is asked of the peers.
+    client.calls.clear()
+    client.inst["config"]["volatile.base_image"] = OLD
+    InstanceProvider().update("s-cp-1", BASE, NEWS)
+    assert client.calls == ["stop", "rebuild b", "converge", "start"]
+
+
 def test_a_member_is_not_taken_down_while_a_peer_is_unhealthy(fake):
     client, _ = fake(peers_healthy=False)
     with pytest.raises(IncusError, match=r"not rolling s-cp-1 .*\(s-cp-2: /readyz: failing\)"):
