@@ -4,7 +4,8 @@ authenticated API load (tests/k8s.ApiLoad: new connections and one kept-alive co
 
 One stack, side by side in the same run: a real 3-member control plane behind two `lxc` balancers, a VRRP pair on a
 VIP and a single replica; then (`members`) a control plane whose VIP lives on its members, with `keepalived` and with
-kube-vip (lease 5/3/1), each rolling its image. Each run builds a new version of an image (scripts/build-image --variant) and runs
+kube-vip (lease 5/3/1), each rolling its image; then (`dns`) the dns strategy's two proxy nodes rolling theirs, seen
+by clients that hold one node's address (a dns endpoint's clients keep an answer for the TTL). Each run builds a new version of an image (scripts/build-image --variant) and runs
 `up` with CPLB_UPGRADE=1, as `make upgrade` does:
 - `cplb/haproxy`: both balancers roll in the same `up` (the pair standby first, the single one in place); the pair
   again without the new holder taking the old one's connections over (CPLB_TAKEOVER=0), the before of the same run;
@@ -13,7 +14,7 @@ Reported per cell: the longest gap between answered probes (median and max over 
 requests, and the `up`'s duration; beside it the all-at-once figure measured before rollouts existed (issue 27:
 5.2 s, 37 failed probes, for the pair).
 
-Run: python bench/rollout.py [--runs N] [--only lxc|members] [--record]
+Run: python bench/rollout.py [--runs N] [--only lxc|members|dns|default] [--record]
 """
 
 from __future__ import annotations
@@ -54,10 +55,14 @@ def values() -> dict:
 
 def one_rollout(stack, kubeconfig: str, endpoints: dict, image: str, variant: str, timeout: float,
                 env: dict | None = None) -> dict:
-    build_image_version(image, variant)
+    for one in image.split(","):
+        build_image_version(one, variant)
     ca = kubeconfig_ca(kubeconfig)
-    probers = {label: Prober(host, port, ca, timeout=timeout) for label, (host, port) in endpoints.items()}
-    loads = {label: ApiLoad(kubeconfig, host, port) for label, (host, port) in endpoints.items()}
+    # An endpoint is (host, port) or (host, port, the name its certificate is checked for).
+    probers = {label: Prober(e[0], e[1], ca, server_name=(e[2:] or ("",))[0], timeout=timeout)
+               for label, e in endpoints.items()}
+    loads = {label: ApiLoad(kubeconfig, e[0], e[1], server_name=(e[2:] or (None,))[0])
+             for label, e in endpoints.items()}
     try:
         for p in probers.values():
             assert wait_for(p.steady, 20), "the endpoint never answered steadily before the rollout"
@@ -123,11 +128,78 @@ def vip_on_members(label: str, runs: int, timeout: float) -> list[dict]:
     return found
 
 
+def dns_cells(args) -> list[tuple[str, str]]:
+    """The `dns` strategy's proxy nodes (2, nginx stream, records in the project's BIND) rolling cplb/nginx-proxy, one
+    node at a time. A client of a dns endpoint holds an answer for the TTL and connects to an address in it: one
+    prober (and API load) per node, as the clients that resolved to that node see the rollout."""
+    from pulumi.automation import ConfigValue
+
+    from tests.helpers import local_dns_server
+
+    cp = real_control_plane("bdc", CLUSTER)
+    runs: dict[str, list] = {}
+    with local_dns_server() as server:
+        lb = {"name": "dn", "cluster": CLUSTER, "type": "dns", "healthCheck": readyz_check(), "dns": {
+            "nodes": {"count": 2}, "zone": "cplb.test.", "hostname": "rollout", "ttl": 30, "server": server["server"],
+            "tsig": {"name": "cplb-update", "secret": "cGxhY2Vob2xkZXI="},
+            "roles": [{"name": "api", "port": 6443, "targetPort": 6443}]}}
+        with pulumi_stack(base_config(controlPlanes=[cp], loadBalancers=[lb]), prefix="brd") as (_p, name, stack):
+            stack.set_config("cplb:loadBalancers[0].dns.tsig.secret", ConfigValue(server["secret"], secret=True),
+                             path=True)
+            result = stack.up(on_output=quiet)
+            kubeconfig = result.outputs["clusters"].value[CLUSTER]["kubeconfig"]
+            out = result.outputs["loadBalancers"].value["dn"]
+            fqdn = out["endpoint"].rsplit(":", 1)[0].rstrip(".")
+            endpoints = {f"node {n}": (address, 6443, fqdn) for n, address in enumerate(sorted(out["published"]), 1)}
+            for n in range(args.runs):
+                found = one_rollout(stack, kubeconfig, endpoints, "nginx-proxy", f"bench-{name}-{n}", args.timeout)
+                for label, figures in found.items():
+                    runs.setdefault(label, []).append(figures)
+                    print(f"run {n + 1} nginx-proxy via dns {label}: gap {figures['outage']:.3f} s, "
+                          f"{figures['failed']} failed probes, {figures['api_failed']} failed API requests, "
+                          f"up {figures['up']:.1f} s", flush=True)
+    build_image_version("nginx-proxy")  # back to the checkout's recipe
+    return [(f"`cplb/nginx-proxy` upgrade, dns proxy nodes (2, TTL 30 s), a client holding {label}'s address",
+             cell(found)) for label, found in sorted(runs.items())]
+
+
+DEFAULT_IMAGES = "control-plane,haproxy,worker"
+
+
+def default_cells(args) -> list[tuple[str, str]]:
+    """The embedded default (stacks/Pulumi.dev.yaml under its own names: a real 3-member control plane, 2 workers, the
+    API balancer a VRRP pair, publishing on) after a Debian update changed every image it runs: one `make upgrade`
+    rolls the control plane, the pair and the workers, each one member at a time; seen through the API endpoint."""
+    import random
+
+    from tests.integration.test_make_up import dev_config
+
+    cluster = f"bu{random.randrange(16**4):04x}"
+    found = []
+    with pulumi_stack(dev_config(cluster), prefix="bu") as (_project, name, stack):
+        result = stack.up(on_output=quiet)
+        kubeconfig = result.outputs["clusters"].value[cluster]["kubeconfig"]
+        host, port = result.outputs["loadBalancers"].value[f"{cluster}-api"]["endpoint"].rsplit(":", 1)
+        for n in range(args.runs):
+            figures = one_rollout(stack, kubeconfig, {"api": (host, int(port))}, DEFAULT_IMAGES, f"bench-{name}-{n}",
+                                  args.timeout)["api"]
+            found.append(figures)
+            print(f"run {n + 1} {DEFAULT_IMAGES} on the embedded default: gap {figures['outage']:.3f} s, "
+                  f"{figures['failed']} failed probes, {figures['api_failed']} failed API requests, "
+                  f"up {figures['up']:.1f} s", flush=True)
+    for image in DEFAULT_IMAGES.split(","):
+        build_image_version(image)  # back to the checkout's recipes
+    return [("the embedded default's upgrade after every image changed (control plane, API pair, workers)",
+             cell(found))]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--record", action="store_true")
-    ap.add_argument("--only", choices=["lxc", "members"], help="the lxc balancers, or the VIPs on the members")
+    ap.add_argument("--only", choices=["lxc", "members", "dns", "default"],
+                    help="the lxc balancers, the VIPs on the members, the dns strategy's proxy nodes, or the embedded "
+                         "default with every image changed")
     ap.add_argument("--member-vip", choices=list(VIP_ON_MEMBERS), help="with the members: this VIP's cell only")
     # A 2-core machine running two 3-member control planes is saturated while an image unpacks: with 200 ms, probes
     # fail that a slow CPU, not the endpoint, kept waiting (tests/integration/test_rollout.py PROBE_TIMEOUT).
@@ -136,6 +208,10 @@ def main() -> int:
     rows: list[tuple[str, str]] = []
     if args.only in (None, "lxc"):
         rows += lxc_cells(args)
+    if args.only in (None, "default"):
+        rows += default_cells(args)
+    if args.only in (None, "dns"):
+        rows += dns_cells(args)
     if args.only in (None, "members"):
         for label in [args.member_vip] if args.member_vip else VIP_ON_MEMBERS:
             rows.append((f"`cplb/control-plane-kube-vip` upgrade (3 members, one at a time), through the {label} VIP "
