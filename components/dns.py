@@ -152,7 +152,9 @@ class DnsLoadBalancer(pulumi.ComponentResource):
             image=spec.image, image_field=f"{args.field}.dns.nodes.instanceSpec.image", owner_id=f"lb/{lb.name}",
             config=instance_config(spec, labels), devices=ctx.devices(spec.network),
             health={"kind": "tcp", "port": health_port(dns)}, wait_seconds=300,
-            common={"profiles": spec.profiles, "instance_type": spec.instance_type, "target": spec.target},
+            common={"profiles": spec.profiles, "instance_type": spec.instance_type},
+            # Spread over an Incus cluster's members like any balancer's replicas (docs/strategies.md).
+            per_member=lambda n: {"target": ctx.placement(spec.target, n)},
             singleton_note="its rollout takes the only proxy node (and the record) away while it is rebuilt",
         ))
         self.files: list[InstanceFile] = []

@@ -213,11 +213,18 @@ class InstanceProvider(ResourceProvider):
     def diff(self, _id, olds, news):
         # Absent, empty and null are the same (states written before a key existed have none).
         changed = [k for k in REPLACE_KEYS if plain(olds.get(k) or None) != plain(news.get(k) or None)]
+        if "target" in changed and not olds.get("target") and news.get("target") == olds.get("location"):
+            # A placement newly declared where the instance already runs (a stack made before its group was spread
+            # over the cluster's members) moves nothing: recorded by an update, not a replacement.
+            changed.remove("target")
+            placed = ["target"]
+        else:
+            placed = []
         rebuilds = [k for k in changed if k in IMAGE_KEYS and news.get("rebuild") and not news.get("oci")]
         replaces = [k for k in changed if k not in rebuilds]
         if (olds.get("connection") or {}).get("project") != (news.get("connection") or {}).get("project"):
             replaces.append("connection")
-        updates = rebuilds + [k for k in UPDATE_KEYS if plain(olds.get(k)) != plain(news.get(k))]
+        updates = rebuilds + placed + [k for k in UPDATE_KEYS if plain(olds.get(k)) != plain(news.get(k))]
         for k in ("ownerStack", "ownerId"):
             if olds.get(k) != news.get(k):
                 updates.append(k)

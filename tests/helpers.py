@@ -28,10 +28,11 @@ BRIDGE = os.environ.get("CPLB_BRIDGE", "cplbbr0")
 
 # Tests run in parallel (pytest-xdist, scripts/run-tests). Every worker takes its own share of the bridge's VIPs and
 # VRRP router IDs, so two pairs of different tests never claim one address or one router ID on the same bridge.
-# Reserved: the addresses and IDs that modules and benchmarks fix (test_rollout 40/140, bench/rollout 42/142,
-# test_ovn_oci_external 98, the preview-only and DNS-record examples 9, 61, 77), and the default router ID 51.
-_RESERVED_VIPS = {9, 40, 42, 61, 77, 98}
-_RESERVED_ROUTER_IDS = {51, 140, 142}
+# Reserved: the addresses and IDs that modules and benchmarks fix (test_rollout 40/140, bench/rollout 42/142 and
+# 43/143, test_ovn_oci_external 98, the preview-only and DNS-record examples 9, 61, 77), the default router ID 51,
+# and the embedded default's VIP 10 (router ID 10, below the shares), which a running dev stack holds.
+_RESERVED_VIPS = {9, 10, 40, 42, 43, 61, 77, 98}
+_RESERVED_ROUTER_IDS = {51, 140, 142, 143}
 
 
 def run_dir() -> str:
@@ -70,6 +71,21 @@ def fresh_router_id() -> int:
     """A VRRP router ID that no other test of this run uses on the bridge."""
     with _share_lock:
         return next(_router_ids)
+
+
+def embedded_default(rename) -> dict:
+    """stacks/Pulumi.dev.yaml's `cplb:` values, its text passed through `rename` (the cluster's and the objects'
+    names, so that a running dev stack cannot select the test's instances), with a VIP and router ID of this
+    test's own (the dev stack holds the file's)."""
+    import yaml
+
+    with open(os.path.join(ROOT, "stacks", "Pulumi.dev.yaml")) as f:
+        config = yaml.safe_load(rename(f.read()))["config"]
+    values = {k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("cplb:")}
+    for lb in values["loadBalancers"]:
+        if (lb.get("lxc") or {}).get("vip"):
+            lb["lxc"].update(vip=fresh_vip(), virtualRouterID=fresh_router_id())
+    return values
 
 
 def unique_stack(prefix: str = "it") -> str:

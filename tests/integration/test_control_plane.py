@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.helpers import (
-    fresh_router_id, fresh_vip,
+    embedded_default, fresh_router_id, fresh_vip,
     clients_reach_only, http_get, incus, instances_with_prefix, neighbour_mac, partition, pulumi_stack, vip_holders,
     wait_for,
 )
@@ -37,15 +37,14 @@ def conditions(result, lb: str = "x-api") -> dict:
 
 def dev_stack_values() -> dict:
     """stacks/Pulumi.dev.yaml as shipped, with the cluster renamed so a running dev stack cannot select the
-    test's instances."""
-    import yaml
+    test's instances (and a VIP of the test's own)."""
+    import re
 
-    from tests.helpers import ROOT
+    def rename(text: str) -> str:
+        text = re.sub(r"(?<![/\w])demo(?=[\s]|$)", CLUSTER, text, flags=re.M)
+        return re.sub(r"(?<![/\w])demo-", "x-", text, flags=re.M)
 
-    with open(os.path.join(ROOT, "stacks", "Pulumi.dev.yaml")) as f:
-        config = yaml.safe_load(f)["config"]
-    text = json.dumps({k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("cplb:")})
-    values = json.loads(text.replace('"demo"', f'"{CLUSTER}"').replace('"demo-', '"x-'))
+    values = embedded_default(rename)
     values["controlPlanes"][0]["workers"]["count"] = WORKERS
     return values
 

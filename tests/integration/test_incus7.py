@@ -259,6 +259,41 @@ def test_cluster_lxc_pair_spreads_and_the_vip_follows_a_lost_member(nested, cont
         kube.cleanup()
 
 
+def test_dns_proxy_nodes_are_spread_over_the_members(nested, control_plane):
+    """The dns strategy's proxy nodes go to the members in turn, like every balancer's replicas (they were left to
+    the scheduler before), and each one's record is published."""
+    import copy
+
+    from pulumi.automation import ConfigValue
+
+    from tests.helpers import local_dns_server
+
+    project, name, stack, _result, values = control_plane
+    before = copy.deepcopy(values["loadBalancers"])
+    with local_dns_server() as server:
+        values["loadBalancers"] = [{
+            "name": "n7-api", "cluster": CLUSTER, "type": "dns", "healthCheck": readyz_check(), "dns": {
+                "nodes": {"count": 3}, "zone": "cplb.test.", "hostname": "n7", "ttl": 5, "server": server["server"],
+                "tsig": {"name": "cplb-update", "secret": "cGxhY2Vob2xkZXI="},
+                "roles": [{"name": "api", "port": 6443, "targetPort": 6443}]}}]
+        project.write_stack_config(name, values)
+        incus7.set_client_key(stack, nested)
+        stack.set_config("cplb:loadBalancers[0].dns.tsig.secret", ConfigValue(server["secret"], secret=True),
+                         path=True)
+        try:
+            up = stack.up(on_output=quiet)
+            nodes = [f"{name}-n7-api-proxy-{n}" for n in (1, 2, 3)]
+            where = locations(nested, nodes)
+            assert sorted(where.values()) == sorted(s["name"] for s in nested["servers"]), where
+            assert len(up.outputs["loadBalancers"].value["n7-api"]["published"]) == 3
+        finally:
+            # Back to the balancer the module had, while the DNS server still runs to take the records away.
+            values["loadBalancers"] = before
+            project.write_stack_config(name, values)
+            incus7.set_client_key(stack, nested)
+            stack.up(on_output=quiet)
+
+
 # --- the remote path over the bridge -------------------------------------------------------------------------------
 
 def test_remote_lifecycle_over_the_bridge_with_the_key_as_a_secret(nested):

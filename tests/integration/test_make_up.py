@@ -10,16 +10,14 @@ import pytest
 import yaml
 
 from tests import leftovers
-from tests.helpers import ROOT, ProjectCopy, incus, instances_with_prefix, unique_stack
+from tests.helpers import ROOT, ProjectCopy, embedded_default, incus, instances_with_prefix, unique_stack
 
 pytestmark = pytest.mark.integration
 
 
 def dev_config(cluster: str) -> dict:
-    with open(os.path.join(ROOT, "stacks", "Pulumi.dev.yaml")) as f:
-        # `demo` names the cluster, the balancers and the groups, and is in their labels; not the image names.
-        text = re.sub(r"(?<![/\w])demo(?=[-\s:]|$)", cluster, f.read(), flags=re.M)
-    return {k.split(":", 1)[1]: v for k, v in yaml.safe_load(text)["config"].items()}
+    # `demo` names the cluster, the balancers and the groups, and is in their labels; not the image names.
+    return embedded_default(lambda text: re.sub(r"(?<![/\w])demo(?=[-\s:]|$)", cluster, text, flags=re.M))
 
 
 def test_make_up_ends_with_a_short_report():

@@ -37,6 +37,17 @@ def test_how_a_change_rolls_is_not_itself_a_change():
     assert d.changes is False
 
 
+def test_a_placement_declared_where_the_instance_runs_is_recorded_not_a_replacement():
+    """dns proxy nodes made before they were spread over an Incus cluster's members have no target: the member
+    they run on, newly declared, moves nothing; another member is a move, so a replacement."""
+    old = {**BASE, "target": None, "location": "m2"}
+    d = InstanceProvider().diff("s-cp-1", old, {**BASE, "target": "m2"})
+    assert d.changes is True and d.replaces == []
+    assert InstanceProvider().diff("s-cp-1", old, {**BASE, "target": "m3"}).replaces == ["target"]
+    assert InstanceProvider().diff("s-cp-1", {**BASE, "target": "m1", "location": "m2"},
+                                   {**BASE, "target": "m2"}).replaces == ["target"]
+
+
 # --- which image a group runs ------------------------------------------------------------------------------------
 
 class FakeFacts(facts.Facts):
