@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 CLUSTER = "itk8s"
 WORKERS = 3  # the k0s demonstration's three workers (the dev stack ships two)
 FIRST_PREVIEW: dict = {}  # the k8s fixture's preview before its first `up`
+DEV_VALUES: dict = {}  # dev_stack_values(), once per module
 
 
 def quiet(_):
@@ -37,16 +38,18 @@ def conditions(result, lb: str = "x-api") -> dict:
 
 def dev_stack_values() -> dict:
     """stacks/Pulumi.dev.yaml as shipped, with the cluster renamed so a running dev stack cannot select the
-    test's instances (and a VIP of the test's own)."""
+    test's instances, and a VIP of the module's own: the same at every call (tests write these values back)."""
+    import copy
     import re
 
     def rename(text: str) -> str:
         text = re.sub(r"(?<![/\w])demo(?=[\s]|$)", CLUSTER, text, flags=re.M)
         return re.sub(r"(?<![/\w])demo-", "x-", text, flags=re.M)
 
-    values = embedded_default(rename)
-    values["controlPlanes"][0]["workers"]["count"] = WORKERS
-    return values
+    if not DEV_VALUES:
+        DEV_VALUES.update(embedded_default(rename))
+        DEV_VALUES["controlPlanes"][0]["workers"]["count"] = WORKERS
+    return copy.deepcopy(DEV_VALUES)
 
 
 @pytest.fixture(scope="module")
