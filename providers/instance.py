@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from typing import Any, Optional
 
@@ -45,6 +47,11 @@ UPDATE_KEYS = ("config", "profiles", "devices", "running")
 # How long a rolling rebuild waits: for the other members before this one goes down, and for this one after.
 ROLL_WAIT_SECONDS = 600.0
 STOP_SECONDS = 30
+# One member of the whole stack down at a time. The engine serves every dynamic resource of an `up` from one provider
+# process, so this lock spans all groups: the control plane, a balancer's replicas and the workers each roll one
+# member at a time, and no two of them overlap (two rebuilds at once, a control-plane member and a worker, stalled a
+# 2-CPU machine's every request for 1.4 s: docs/benchmarks.md, the embedded default).
+ONE_MEMBER_DOWN = threading.Lock()
 # Config keys Incus manages itself; they are kept when we rewrite the config.
 SERVER_OWNED_PREFIXES = ("volatile.", "image.")
 
@@ -245,16 +252,17 @@ class InstanceProvider(ResourceProvider):
         # A member that was down (rolled now, or left stopped by a killed rollout) is healthy again before the next goes.
         wait_back = bool(news.get("rebuild")) and (rolled or inst.get("status") != "Running")
         had = addresses_of(inst, frozenset(news.get("ignoreAddresses") or []))
-        if rolled:
-            self._roll(client, name, news, inst)
-        self._converge(client, name, news, olds)
-        inst = client.get_instance(name) or {}
-        if inst.get("status") != "Running":
-            client.set_state(name, "start")
-            inst = client.wait_for_address(name)
-        inst = self._wait_ipv6(client, name, props=news, inst=inst)
-        if wait_back:
-            self._wait_back(client, name, news)
+        with ONE_MEMBER_DOWN if wait_back else contextlib.nullcontext():
+            if rolled:
+                self._roll(client, name, news, inst)
+            self._converge(client, name, news, olds)
+            inst = client.get_instance(name) or {}
+            if inst.get("status") != "Running":
+                client.set_state(name, "start")
+                inst = client.wait_for_address(name)
+            inst = self._wait_ipv6(client, name, props=news, inst=inst)
+            if wait_back:
+                self._wait_back(client, name, news)
         if rolled:
             # The same MAC brings the same addresses back (DHCP lease, SLAAC), the IPv6 one a moment after the IPv4
             # one: outputs taken before it would drop it, and reissue every certificate that names it.

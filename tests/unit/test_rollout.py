@@ -181,6 +181,46 @@ def test_a_vrrp_replica_stops_only_while_its_peers_take_its_connections_over(fak
     assert client.calls == ["stop", "rebuild b", "converge", "start"]
 
 
+def test_members_of_different_groups_are_never_down_at_the_same_time(monkeypatch):
+    """The engine updates a control-plane member and a worker at once (different groups); their rebuilds, from the
+    stop until the member is healthy again, do not overlap."""
+    import threading
+    import time as _time
+
+    clients = {n: FakeClient() for n in ("s-cp-1", "s-worker-1")}
+    for n, c in clients.items():
+        c.inst["name"] = n
+    monkeypatch.setattr(instance_mod, "client_for", lambda conn: threading.current_thread().client)
+    spans: dict[str, list[float]] = {}
+
+    def wait_healthy(c, names, health, seconds):
+        if names == [c.inst["name"]]:  # back after the rebuild: the member's down time ends here
+            _time.sleep(0.3)
+            spans[c.inst["name"]].append(_time.monotonic())
+        return None
+
+    def set_state(c, name, action, force=False, timeout=30):
+        if action == "stop":
+            spans[name] = [_time.monotonic()]
+        c.inst["status"] = "Running" if action == "start" else "Stopped"
+
+    monkeypatch.setattr(instance_mod.rollout, "wait_healthy", wait_healthy)
+    monkeypatch.setattr(instance_mod.rollout, "member_health", lambda c, n, h: (True, ""))
+    monkeypatch.setattr(FakeClient, "set_state", lambda self, name, action, **kw: set_state(self, name, action))
+
+    def roll(name):
+        threading.current_thread().client = clients[name]
+        InstanceProvider().update(name, {**BASE, "name": name}, {**NEWS, "name": name})
+
+    threads = [threading.Thread(target=roll, args=(n,)) for n in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    (a_start, a_end), (b_start, b_end) = sorted(spans.values())
+    assert a_end <= b_start, spans
+
+
 def test_a_member_is_not_taken_down_while_a_peer_is_unhealthy(fake):
     client, _ = fake(peers_healthy=False)
     with pytest.raises(IncusError, match=r"not rolling s-cp-1 .*\(s-cp-2: /readyz: failing\)"):
