@@ -143,6 +143,8 @@ class DnsLoadBalancer(pulumi.ComponentResource):
         conf = pulumi.Output.all(*[pulumi.Output.all(b.address, b.address6) for _, b in flat]).apply(
             lambda addrs: render_nginx(ctx.stack, lb, [(rn, v4, v6) for (rn, _), (v4, v6) in zip(flat, addrs)]))
         spec = dns.nodes.instance
+        tsig = pulumi.Output.secret({"name": dns.tsig.name.rstrip(".") + ".", "algorithm": dns.tsig.algorithm,
+                                     "secret": dns.tsig.secret})
         labels = {"user.cluster-name": lb.cluster, "user.cluster-role": "loadbalancer", "user.cplb.balancer": lb.name}
         node_names = [ctx.object_name(lb.name, "proxy", str(n)) for n in range(1, dns.nodes.count + 1)]
         # Nodes roll one at a time (the last first); a node's nginx.conf is on its state volume, so a rebuilt node
@@ -156,6 +158,11 @@ class DnsLoadBalancer(pulumi.ComponentResource):
             # Spread over an Incus cluster's members like any balancer's replicas (docs/strategies.md).
             per_member=lambda n: {"target": ctx.placement(spec.target, n)},
             singleton_note="its rollout takes the only proxy node (and the record) away while it is rebuilt",
+            # Before a node goes down, its address leaves the name and the rollout waits the TTL: clients that
+            # resolve again connect to the other nodes (docs/upgrades.md).
+            withdraw=tsig.apply(lambda key: {
+                "kind": "dns", "server": dns.server, "zone": dns.zone_fqdn, "fqdn": dns.fqdn, "ttl": dns.ttl,
+                "tsig": key, "ownerStack": ctx.stack, "ownerId": f"lb/{lb.name}"}),
         ))
         self.files: list[InstanceFile] = []
         for n, node in enumerate(self.nodes, start=1):
@@ -192,8 +199,6 @@ class DnsLoadBalancer(pulumi.ComponentResource):
             after = args.ready_after if args.ready_after is not None else True
             healthy_addresses = pulumi.Output.all(node_addresses, configured, siblings, probe_settings, after).apply(
                 lambda v: healthy(list(v[0]), port, wait_seconds=8.0, siblings=v[2], probe=health.node_probe(v[3])))
-        tsig = pulumi.Output.secret({"name": dns.tsig.name.rstrip(".") + ".", "algorithm": dns.tsig.algorithm,
-                                     "secret": dns.tsig.secret})
         self.records = DnsRecordSet(
             f"{name}-records", server=dns.server, zone=dns.zone_fqdn, fqdn=dns.fqdn, ttl=dns.ttl,
             addresses=healthy_addresses, tsig=tsig, owner_stack=ctx.stack, owner_id=f"lb/{lb.name}", opts=child,

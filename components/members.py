@@ -42,6 +42,9 @@ class Members:
     per_member: Any = None  # n (1-based) -> extra Instance keyword arguments (target, ignore_addresses, oci...)
     common: dict = dc_field(default_factory=dict)  # Instance keyword arguments every member shares
     singleton_note: str = ""  # a group of one: what its rollout costs, said in the preview
+    # Where a member's address is withdrawn from before it goes down (providers/rollout.withdrawn_from_dns): a secret,
+    # since it carries the key that signs the updates.
+    withdraw: Optional[pulumi.Input[dict]] = None
 
 
 def build_members(parent: pulumi.Resource, ctx: StackContext, facts, group: Members) -> list[Instance]:
@@ -76,15 +79,17 @@ def build_members(parent: pulumi.Resource, ctx: StackContext, facts, group: Memb
                                    opts=pulumi.ResourceOptions(parent=parent))
             devices[STATE_DEVICE] = state_device(f"{name}-state", ctx.incus.storage_pool)
             depends.append(volume)
-        rollout = pulumi.Output.from_input(group.health).apply(lambda h: {
-            "health": h, "peers": list(group.names), "stopSeconds": group.stop_seconds,
-            "waitSeconds": group.wait_seconds})
+        rollout = pulumi.Output.all(group.health, group.withdraw).apply(lambda v: {
+            "health": v[0], "peers": list(group.names), "stopSeconds": group.stop_seconds,
+            "waitSeconds": group.wait_seconds, **({"withdraw": v[1]} if v[1] else {})})
+        secret = pulumi.ResourceOptions(additional_secret_outputs=["rollout"]) if group.withdraw is not None else None
         out[i] = Instance(
             group.resource_names[i], name=name, image=group.image, image_fingerprint=plan.fingerprint,
             connection=ctx.connection, credentials=ctx.credentials, address_families=ctx.address_families,
             owner_stack=ctx.stack, owner_id=group.owner_id, owner_key=ctx.owner_key, config=group.config,
             devices=devices, rebuild=rebuild, rollout=rollout,
-            opts=pulumi.ResourceOptions(parent=parent, depends_on=depends + ([previous] if previous else [])),
+            opts=pulumi.ResourceOptions.merge(
+                pulumi.ResourceOptions(parent=parent, depends_on=depends + ([previous] if previous else [])), secret),
             **placement,
         )
         previous = out[i]

@@ -77,21 +77,53 @@ def _owner(props: dict) -> str:
     return f"cplb-owner={props['ownerStack']}/{props['ownerId']}"
 
 
-def _update(props: dict, addresses: list[str], *, delete_owner: bool = False):
+def _signed_update(props: dict):
+    """An empty RFC 2136 UPDATE of the zone, signed with the stack's TSIG key."""
     import dns.update
 
+    return dns.update.Update(props["zone"], keyring=_keyring(props["tsig"]), keyname=props["tsig"]["name"],
+                             keyalgorithm=props["tsig"]["algorithm"])
+
+
+def _rdtype(address: str) -> str:
+    return "AAAA" if ":" in address else "A"
+
+
+def _update(props: dict, addresses: list[str], *, delete_owner: bool = False):
     relative = props["fqdn"]
-    upd = dns.update.Update(props["zone"], keyring=_keyring(props["tsig"]), keyname=props["tsig"]["name"],
-                            keyalgorithm=props["tsig"]["algorithm"])
+    upd = _signed_update(props)
     upd.delete(relative, "A")
     upd.delete(relative, "AAAA")
     if delete_owner:
         upd.delete(relative, "TXT")
         return upd
     for addr in addresses:
-        upd.add(relative, int(props["ttl"]), "AAAA" if ":" in addr else "A", addr)
+        upd.add(relative, int(props["ttl"]), _rdtype(addr), addr)
     upd.replace(relative, int(props["ttl"]), "TXT", f'"{_owner(props)}"')
     return upd
+
+
+def _change_addresses(props: dict, remove: list[str], add: list[str]):
+    """One signed UPDATE that takes `remove` out of the name's A/AAAA records and puts `add` in, nothing else."""
+    relative = props["fqdn"]
+    upd = _signed_update(props)
+    for addr in remove:
+        upd.delete(relative, _rdtype(addr), addr)
+    for addr in add:
+        upd.add(relative, int(props["ttl"]), _rdtype(addr), addr)
+    return upd
+
+
+def withdraw(props: dict, addresses: list[str]) -> None:
+    """Take `addresses` out of the name (a proxy node about to go down for a rollout); the others stay."""
+    check_owner(props)
+    _send(props, _change_addresses(props, addresses, []))
+
+
+def restore(props: dict, addresses: list[str]) -> None:
+    """Put `addresses` back (the node is healthy again), if the name is still ours."""
+    check_owner(props)
+    _send(props, _change_addresses(props, [], addresses))
 
 
 def published(props: dict) -> list[str]:
@@ -125,7 +157,14 @@ class DnsRecordSetProvider(ResourceProvider):
         replaces = [k for k in ("fqdn", "zone", "server") if olds.get(k) != news.get(k)]
         changed = list(replaces)
         addresses = news.get("addresses")
-        if not isinstance(addresses, (list, tuple)) or sorted(olds.get("published") or []) != sorted(addresses):
+        # What the server answers now, not only what the state last saw: a rollout that was stopped while a proxy
+        # node's address was withdrawn (providers/rollout.py) left the name without it, and the next `up` puts it
+        # back even without a refresh. The state's figure when the server cannot be asked (a preview offline).
+        try:
+            live = published(olds) if not replaces else olds.get("published")
+        except (DnsError, ValueError, KeyError):
+            live = olds.get("published")
+        if not isinstance(addresses, (list, tuple)) or sorted(live or []) != sorted(addresses):
             changed.append("addresses")
         if int(float(olds.get("ttl") or 0)) != int(float(news.get("ttl") or 0)):
             changed.append("ttl")

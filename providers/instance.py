@@ -252,9 +252,11 @@ class InstanceProvider(ResourceProvider):
         # A member that was down (rolled now, or left stopped by a killed rollout) is healthy again before the next goes.
         wait_back = bool(news.get("rebuild")) and (rolled or inst.get("status") != "Running")
         had = addresses_of(inst, frozenset(news.get("ignoreAddresses") or []))
-        with ONE_MEMBER_DOWN if wait_back else contextlib.nullcontext():
+        with contextlib.ExitStack() as down:
+            if wait_back:
+                down.enter_context(ONE_MEMBER_DOWN)
             if rolled:
-                self._roll(client, name, news, inst)
+                self._roll(client, name, news, inst, down)
             self._converge(client, name, news, olds)
             inst = client.get_instance(name) or {}
             if inst.get("status") != "Running":
@@ -270,7 +272,7 @@ class InstanceProvider(ResourceProvider):
         return UpdateResult(outs=instance_outputs(news, inst))
 
     @staticmethod
-    def _roll(client, name: str, props: dict, inst: dict) -> None:
+    def _roll(client, name: str, props: dict, inst: dict, down: contextlib.ExitStack) -> None:
         """Take this member down for its rebuild: only while the others serve, and gracefully."""
         plan = props.get("rollout") or {}
         health = plan.get("health") or {}
@@ -285,6 +287,8 @@ class InstanceProvider(ResourceProvider):
                                  f"{wait:.0f}s ({problem}); a rollout takes a member down only while the others "
                                  "serve. Nothing was changed; run `up` again once they are.")
         if inst.get("status") != "Stopped":
+            # Out of its name's records (a dns proxy node) until it is back and healthy: the end of `down`.
+            down.enter_context(rollout.withdrawn_from_dns(name, inst, plan.get("withdraw")))
             seconds = int(plan.get("stopSeconds") or STOP_SECONDS)
             with rollout.connections_handed_over(client, name, inst, peers, health):
                 try:

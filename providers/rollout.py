@@ -110,3 +110,41 @@ def connections_handed_over(client, name: str, inst: dict, peers: list[str], hea
                 client.exec(peer, [TAKEOVER, "release", address], timeout=10)
             except Exception:  # noqa: BLE001 - the element's own timeout ends it
                 pass
+
+
+# The longest a rollout waits for clients to forget a withdrawn proxy node (its name's TTL, at most this): a name with
+# a TTL of hours is not worth hours per node; such clients see the node's stop as before.
+WITHDRAW_WAIT_MAX_SECONDS = 300.0
+
+
+@contextlib.contextmanager
+def withdrawn_from_dns(name: str, inst: dict, withdraw: Optional[dict], log=None) -> Iterator[None]:
+    """A dns strategy's proxy node leaves the records of its name before it goes down for a rollout, and the rollout
+    waits the name's TTL, so that clients that resolve the name again stop connecting to it before it stops; the
+    address is published again once the node is back and healthy (the end of the block without an error). A node
+    that comes back unhealthy stays out: the balancer's record set publishes healthy nodes only, and reads the server
+    at its next diff. Nothing is withdrawn when it would leave the name without an address (a single node), or when
+    the server cannot be asked (the rollout goes on as it did before)."""
+    from providers import dns_records
+
+    if not withdraw or withdraw.get("kind") != "dns":
+        yield
+        return
+    found = addresses_of(inst)
+    mine_all = set(found.get("inet", []) + found.get("inet6", []))
+    try:
+        current = dns_records.published(withdraw)
+        mine = sorted(a for a in current if a in mine_all)
+        if not mine or not [a for a in current if a not in mine_all]:
+            mine = []
+        if mine:
+            dns_records.withdraw(withdraw, mine)
+    except dns_records.DnsError as exc:
+        if log:
+            log(f"{name}: its address stays published during its rollout ({exc})")
+        mine = []
+    if mine:
+        time.sleep(min(float(withdraw.get("ttl") or 0), WITHDRAW_WAIT_MAX_SECONDS))
+    yield
+    if mine:
+        dns_records.restore(withdraw, mine)

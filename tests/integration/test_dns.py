@@ -31,7 +31,7 @@ def resolve(server: dict, fqdn: str, rdtype: str = "A") -> list:
     return sorted(rd.to_text() for rrset in r.answer for rd in rrset)
 
 
-def config(server: dict, cluster: str, hostname: str, web_targets=None) -> dict:
+def config(server: dict, cluster: str, hostname: str, web_targets=None, ttl: int = 30) -> dict:
     web = {"name": "web", "port": 8080, "targetPort": 8080}
     if web_targets is not None:
         web["targets"] = {"addresses": web_targets}
@@ -40,7 +40,7 @@ def config(server: dict, cluster: str, hostname: str, web_targets=None) -> dict:
         loadBalancers=[{
             "name": "api", "cluster": cluster, "type": "dns",
             "healthCheck": {"intervalSeconds": 1, "fall": 2},
-            "dns": {"nodes": {"count": 2}, "zone": ZONE, "hostname": hostname, "ttl": 30,
+            "dns": {"nodes": {"count": 2}, "zone": ZONE, "hostname": hostname, "ttl": ttl,
                     "server": server["server"], "tsig": {"name": "cplb-update", "secret": "placeholder00"},
                     "roles": [{"name": "api", "port": 6443, "targetPort": 6443}, web]},
         }])
@@ -56,11 +56,14 @@ def quiet(_):
     pass
 
 
+ROLLOUT_TTL = 2  # seconds: test_dns_records_follow_node_health's name, whose proxy nodes roll at its end
+
+
 def test_dns_records_follow_node_health(dns_server):
     cluster = f"d{random.randrange(16**5):05x}"
     hostname = f"api-{cluster}"
     fqdn = f"{hostname}.{ZONE}"
-    with pulumi_stack(config(dns_server, cluster, hostname)) as (project, name, stack):
+    with pulumi_stack(config(dns_server, cluster, hostname, ttl=ROLLOUT_TTL)) as (project, name, stack):
         set_secret(stack, dns_server)
         logs = []
         pv = stack.preview(on_output=logs.append, diff=True)
@@ -117,6 +120,60 @@ def test_dns_records_follow_node_health(dns_server):
             print(text)
         assert watch.returncode == 0 and "stopping after" in text
         incus().set_state(node_names[1], "start")
+        stack.up(on_output=quiet, refresh=True)
+        assert wait_for(lambda: len(resolve(dns_server, fqdn)) == 2, 20)
+        proxy_nodes_roll_out_of_the_name_first(project, name, stack, dns_server, fqdn, node_names)
+
+
+def proxy_nodes_roll_out_of_the_name_first(project, name, stack, dns_server, fqdn, node_names):
+    """`make upgrade` of the proxy nodes' image: each node's address leaves the name, the rollout waits the TTL (the
+    time a client may still use the answer it has), then the node stops; its address returns once it serves again.
+    Whenever a node is down, the name does not resolve to it."""
+    import threading
+
+    from providers.incus_client import addresses_of
+    from tests.helpers import build_image_version, eth0_addresses
+
+    address = {n: addresses_of(incus().get_instance(n))["inet"][0] for n in node_names}
+    new = build_image_version("nginx-proxy", f"roll-{name}")
+    samples: list[tuple[float, set, dict]] = []  # (time, the name's addresses, each node's status)
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            try:
+                found = {i["name"]: (i.get("status"), bool(eth0_addresses(i))) for i in incus().list_instances()
+                         if i["name"] in node_names}
+                samples.append((time.monotonic(), set(resolve(dns_server, fqdn)), found))
+            except Exception:  # noqa: BLE001 - an instance read while it starts can fail: look again
+                pass
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stack.workspace.env_vars["CPLB_UPGRADE"] = "1"
+    try:
+        stack.up(on_output=quiet)
+    finally:
+        del stack.workspace.env_vars["CPLB_UPGRADE"]
+        stop.set()
+        sampler.join(10)
+    t0 = samples[0][0]
+    for node in node_names:
+        down = [t for t, _, found in samples if found.get(node) != ("Running", True)]
+        assert down, f"{node} never went down: was it rolled?"
+        # While the node was down, and from the TTL before, the name did not give its address.
+        published_while_down = [round(t - t0, 1) for t, names, found in samples
+                                if address[node] in names and found.get(node) != ("Running", True)]
+        assert not published_while_down, (node, published_while_down)
+        before = [(t, address[node] in names) for t, names, _ in samples if t < down[0]]
+        last_published = max((t for t, published in before if published), default=t0)
+        print(f"\n{node}: out of the name {down[0] - last_published:.1f}s before it stopped, "
+              f"down {down[-1] - down[0]:.1f}s")
+        assert down[0] - last_published >= ROLLOUT_TTL - 0.5, (node, down[0] - last_published)
+    assert resolve(dns_server, fqdn) == sorted(address.values())
+    assert {incus().get_instance(n)["config"]["volatile.base_image"] for n in node_names} == {new}
+    assert dns_server["secret"] not in project.state_text()
 
 
 def test_dns_role_change_updates_config_without_failed_requests(dns_server):

@@ -181,6 +181,60 @@ def test_a_vrrp_replica_stops_only_while_its_peers_take_its_connections_over(fak
     assert client.calls == ["stop", "rebuild b", "converge", "start"]
 
 
+WITHDRAW = {"kind": "dns", "server": "127.0.0.1:53", "zone": "cplb.test.", "fqdn": "api.cplb.test.", "ttl": 7,
+            "tsig": {"name": "k.", "algorithm": "hmac-sha256", "secret": "c2VjcmV0"}, "ownerStack": "s",
+            "ownerId": "lb/api"}
+
+
+@pytest.fixture
+def dns_calls(fake, monkeypatch):
+    """A rollout of a dns proxy node with the DNS server's answers faked: what it was asked, in order with the
+    member's stop and start."""
+    from providers import dns_records
+
+    client, waits = fake()
+    records = {"published": ["198.18.10.150", "198.18.10.151"]}
+
+    def withdraw(props, addresses):
+        client.calls.append(f"withdraw {' '.join(addresses)}")
+        records["published"] = [a for a in records["published"] if a not in addresses]
+
+    def restore(props, addresses):
+        client.calls.append(f"restore {' '.join(addresses)}")
+        records["published"] = sorted(records["published"] + addresses)
+
+    monkeypatch.setattr(dns_records, "published", lambda props: list(records["published"]))
+    monkeypatch.setattr(dns_records, "withdraw", withdraw)
+    monkeypatch.setattr(dns_records, "restore", restore)
+    monkeypatch.setattr(instance_mod.rollout.time, "sleep", lambda s: client.calls.append(f"wait {s:g}s"))
+    news = {**NEWS, "rollout": {**NEWS["rollout"], "health": {"kind": "tcp", "port": 6443}, "withdraw": WITHDRAW}}
+    return client, records, news
+
+
+def test_a_dns_proxy_node_leaves_its_name_for_the_ttl_before_it_stops_and_returns_once_healthy(dns_calls):
+    client, records, news = dns_calls
+    InstanceProvider().update("s-cp-1", BASE, news)
+    assert client.calls == ["withdraw 198.18.10.150", "wait 7s", "stop", "rebuild b", "converge", "start",
+                            "restore 198.18.10.150"]
+    assert records["published"] == ["198.18.10.150", "198.18.10.151"]
+
+
+def test_a_dns_proxy_node_that_comes_back_unhealthy_stays_out_of_its_name(dns_calls, monkeypatch):
+    client, records, news = dns_calls
+    monkeypatch.setattr(instance_mod.rollout, "wait_healthy",
+                        lambda c, names, h, s: "s-cp-1: no answer" if names == ["s-cp-1"] else None)
+    with pytest.raises(IncusError, match="rollout stops here"):
+        InstanceProvider().update("s-cp-1", BASE, news)
+    assert "restore 198.18.10.150" not in client.calls and records["published"] == ["198.18.10.151"]
+
+
+def test_the_only_published_node_is_not_withdrawn(dns_calls):
+    client, records, news = dns_calls
+    records["published"] = ["198.18.10.150"]
+    InstanceProvider().update("s-cp-1", BASE, news)
+    assert client.calls == ["stop", "rebuild b", "converge", "start"]
+
+
 def test_members_of_different_groups_are_never_down_at_the_same_time(monkeypatch):
     """The engine updates a control-plane member and a worker at once (different groups); their rebuilds, from the
     stop until the member is healthy again, do not overlap."""
@@ -367,3 +421,20 @@ def test_a_new_restart_command_alone_restarts_nothing(monkeypatch):
     assert events == [] and outs["reloadCommand"] == news["reloadCommand"] and outs["contentHash"] == olds["contentHash"]
     provider.update("x", olds, {**news, "content": "--name=s-cp-1\n--log-level=info\n"})
     assert "push" in events and "exec" in events
+
+
+def test_a_record_set_diffs_against_what_the_server_answers_and_the_state_when_it_cannot_answer(monkeypatch):
+    """A rollout stopped while a node was withdrawn left the name without it: the next `up` sees that without a
+    refresh. A server that cannot be asked (a preview offline) is compared through the state, as before."""
+    from providers import dns_records
+
+    olds = {**WITHDRAW, "addresses": ["198.18.10.150", "198.18.10.151"], "published": ["198.18.10.150", "198.18.10.151"]}
+    news = {**olds, "published": None}
+    monkeypatch.setattr(dns_records, "published", lambda props: ["198.18.10.151"])
+    assert dns_records.DnsRecordSetProvider().diff("api", olds, news).changes
+
+    def unreachable(props):
+        raise dns_records.DnsError("cannot query")
+
+    monkeypatch.setattr(dns_records, "published", unreachable)
+    assert not dns_records.DnsRecordSetProvider().diff("api", olds, news).changes
