@@ -82,7 +82,8 @@ def one_rollout(stack, kubeconfig: str, endpoints: dict, image: str, variant: st
         for p in probers.values():
             wait_for(p.steady, 15)
         return {label: {**outage(p.probes(t0 - 1, answered=True), t0, t1), "up": t1 - t0,
-                        "api_failed": loads[label].counts["failed"], "api_ok": loads[label].counts["ok"]}
+                        "api_failed": loads[label].counts["failed"], "api_ok": loads[label].counts["ok"],
+                        "api_retried": loads[label].counts["retried"]}
                 for label, p in probers.items()}
     finally:
         for p in probers.values():
@@ -93,7 +94,8 @@ def cell(runs: list[dict]) -> str:
     gaps = [r["outage"] for r in runs]
     return (f"longest gap median {statistics.median(gaps):.3f} s, max {max(gaps):.3f} s; failed probes "
             f"{sum(r['failed'] for r in runs)}; failed API requests {sum(r['api_failed'] for r in runs)} of "
-            f"{sum(r['api_ok'] + r['api_failed'] for r in runs)}; `up` {statistics.median(r['up'] for r in runs):.1f} s")
+            f"{sum(r['api_ok'] + r['api_failed'] for r in runs)} (GETs client-go retries after a reset or EOF: "
+            f"{sum(r.get('api_retried', 0) for r in runs)}); `up` {statistics.median(r['up'] for r in runs):.1f} s")
 
 
 # The VIPs on the members themselves: the control plane's image (with kube-vip in it, for the kube-vip cell) rolls one

@@ -26,6 +26,13 @@ from providers.instance_file import InstanceFile
 from spec import LoadBalancerSpec
 
 
+# Every replica has the same priority: a backup takes the VIP only from a holder whose priority is lower (its check
+# failing, -100) or that leaves (priority 0), never from a healthy one. With distinct priorities, the highest took
+# the VIP back as soon as it was up again after a rollout's rebuild or a crash: a second move, abrupt for every
+# connection the other had taken (keepalived's own preemption, which neither drains nor hands connections over).
+VRRP_PRIORITY = 150
+
+
 def render_vrrp_pair(stack: str, lb: LoadBalancerSpec, router_id: str, priority: int, prefix_len: int) -> str:
     """keepalived.conf of one haproxy replica: the VIP follows a replica whose haproxy has a live backend."""
     lxc = lb.lxc_spec
@@ -139,7 +146,7 @@ class HaproxyBalancer(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=ca_files),
             ))
             if ha:
-                conf = render_vrrp_pair(ctx.stack, lb, names[n - 1], 200 - 10 * n, prefix_len)
+                conf = render_vrrp_pair(ctx.stack, lb, names[n - 1], VRRP_PRIORITY, prefix_len)
                 # The file holds the VRRP password: keep it a secret in state, diffs and previews.
                 conf = pulumi.Output.secret(conf) if lxc.auth_pass else conf
                 self.files.append(InstanceFile(

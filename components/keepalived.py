@@ -62,6 +62,11 @@ def vrrp_view(lb) -> list[dict]:
     return out
 
 
+# The same priority on every node, for the reason given in components/haproxy_balancer.py (VRRP_PRIORITY): a node
+# that comes back (rebuilt, restarted, its API server ready again) does not take the VIP back from a healthy holder.
+NODE_PRIORITY = 200
+
+
 def render_node_conf(stack: str, lb, node: str, index: int, addresses: list[str], mode: str,
                      check: Optional[str] = None) -> str:
     """keepalived.conf of one control-plane node (`addresses`: every node's address, in node order)."""
@@ -69,7 +74,7 @@ def render_node_conf(stack: str, lb, node: str, index: int, addresses: list[str]
     return render(
         "keepalived-node.conf.j2", stack=stack, lb_name=lb.name, node=node,
         check_script=Quoted(check or check_command(lb, addresses[index] if index < len(addresses) else "")),
-        priority=200 - 10 * min(index, 9), vrrp_instances=vrrp_view(lb),
+        priority=NODE_PRIORITY, vrrp_instances=vrrp_view(lb),
         virtual_servers=[vs.view(port.port) for vs in lb.keepalived.virtual_servers] if mode == "ipvs" else [],
         real_servers=[a for a in addresses if a],
     )

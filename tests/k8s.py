@@ -112,8 +112,18 @@ class ApiLoad(Background):
       the server closed before answering is retried once on a new connection, as Go's transport does for
       idempotent requests (counted in `reconnects`, not as a failure);
     - a 429 with Retry-After (an API server that is shutting down) is retried after the delay, as client-go does
-      (counted in `retry_after`, a failure only when the retry fails too).
+      (counted in `retry_after`, a failure only when the retry fails too);
+    - a GET that fails with a reset or an end of stream (net.IsConnectionReset / net.IsProbableEOF: the connection
+      reset, closed before the answer, or closed during the TLS handshake) is retried after 1 s, as client-go's
+      rest.Request does for GETs (an artificial `Retry-After: 1`, up to 10 times): counted in `retried`, with the
+      error and its time in `resets`, a delay the client sees and not an error it gets. A refused connection, a
+      timeout or a wrong answer is a failure at once.
     Bounded: it stops by itself after `max_seconds`."""
+
+    # What client-go retries a GET on (k8s.io/apimachinery/pkg/util/net IsConnectionReset and IsProbableEOF), in
+    # Python's words; and how often and after how long (client-go's default maxRetries, its artificial Retry-After).
+    RETRIED_AFTER_RESET = 10
+    RESET_RETRY_SECONDS = 1.0
 
     PATH = "/api/v1/namespaces/default/configmaps?limit=1"
 
@@ -138,8 +148,9 @@ class ApiLoad(Background):
         self.host, self.port, self.server_name = host, port, server_name or host
         self.interval, self.max_seconds = interval, max_seconds
         self.lock = threading.Lock()
-        self.counts = {"ok": 0, "failed": 0, "retry_after": 0, "reconnects": 0}
+        self.counts = {"ok": 0, "failed": 0, "retry_after": 0, "reconnects": 0, "retried": 0}
         self.errors: list[str] = []
+        self.resets: list[tuple[float, str]] = []  # (time.monotonic(), error) of each GET retried after a reset
         self.failed_at: list[float] = []  # time.monotonic() of each recorded error, to set against a test's events
         # Failures by connection: `fresh` (a new TLS connection per request) and `kept` (the kept-alive one).
         self.failed_on = {"fresh": 0, "kept": 0}
@@ -174,7 +185,9 @@ class ApiLoad(Background):
         import http.client
         import time as _time
 
-        for attempt in range(3):
+        attempt = resets = 0
+        while True:
+            attempt += 1
             try:
                 if conn is None:
                     conn = self._conn()
@@ -182,16 +195,26 @@ class ApiLoad(Background):
                 status, info = self._once(conn)
             except (OSError, http.client.HTTPException) as exc:
                 try:
-                    conn.close()
+                    if conn is not None:
+                        conn.close()
                 except Exception:  # noqa: BLE001
                     pass
                 conn = None
-                if reused and attempt == 0:  # closed by the server between requests: Go retries at once
+                if reused and attempt == 1:  # closed by the server between requests: Go's transport retries at once
                     self._count("reconnects")
                     continue
-                self._fail(f"{type(exc).__name__}: {exc}", kind)
+                why = f"{type(exc).__name__}: {exc}"
+                if self._reset_or_eof(exc) and resets < self.RETRIED_AFTER_RESET:
+                    resets += 1
+                    with self.lock:
+                        self.counts["retried"] += 1
+                        if len(self.resets) < 50:
+                            self.resets.append((_time.monotonic(), why))
+                    _time.sleep(self.RESET_RETRY_SECONDS)
+                    continue
+                self._fail(why, kind)
                 return None
-            if status == 429 and info["retry-after"] and attempt < 2:
+            if status == 429 and info["retry-after"] and attempt < 3:
                 self._count("retry_after")
                 _time.sleep(min(float(info["retry-after"]), 2.0))
                 reused = True
@@ -201,7 +224,16 @@ class ApiLoad(Background):
                 return conn
             self._fail(f"HTTP {status}: {info['body']!r}", kind)
             return conn
-        return conn
+
+    @staticmethod
+    def _reset_or_eof(exc: BaseException) -> bool:
+        """net.IsConnectionReset or net.IsProbableEOF: ECONNRESET, a broken pipe, a connection closed before its
+        answer (Go: EOF) or in the middle of it (unexpected EOF), or during the TLS handshake (EOF)."""
+        import http.client
+        import ssl
+
+        return isinstance(exc, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected,
+                                http.client.IncompleteRead, ssl.SSLEOFError, ssl.SSLZeroReturnError))
 
     def _count(self, key: str):
         with self.lock:

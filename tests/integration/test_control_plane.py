@@ -489,7 +489,7 @@ def restart_all_under_load(result, host: str, port: int, server_name=None) -> di
         rolling_restart(cp["controlPlane"], cp["addresses"], cluster_ca(result))
         time.sleep(2)
     counts = dict(load.counts)
-    print(f"\nrolling restart via {server_name or host}:{port}: {counts}; first errors: {load.errors[:5]}")
+    print(f"\nrolling restart via {server_name or host}:{port}: {counts}; first errors: {load.errors[:5]}; retried after a reset: {load.resets[:5]}")
     return {**counts, "errors": load.errors}
 
 

@@ -42,7 +42,7 @@ def restart_under_load(result, host: str, port: int, server_name=None) -> dict:
         time.sleep(2)
         rolling_restart(cp["controlPlane"], cp["addresses"], ca_of(result))
         time.sleep(2)
-    print(f"\nrolling restart via {server_name or host}:{port}: {load.counts}; first errors: {load.errors[:5]}")
+    print(f"\nrolling restart via {server_name or host}:{port}: {load.counts}; first errors: {load.errors[:5]}; retried after a reset: {load.resets[:5]}")
     return dict(load.counts)
 
 

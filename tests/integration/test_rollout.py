@@ -46,13 +46,19 @@ def quiet(_):
     pass
 
 
+# The embedded default's advert interval. A rollout's handover does not wait on it (the leaving holder advertises
+# priority 0); at 0.02 s the standby once took the VIP for 0.2 s while `up` started on a busy 2-core machine (a
+# false failover: 3 adverts missed in 0.07 s), and an in-flight probe failed (2026-12-08).
+ADVERT_SECONDS = 0.1
+
+
 def stack_values(count: int = 3) -> dict:
     return base_config(
         controlPlanes=[real_control_plane("rcp", CLUSTER, count=count)],
         loadBalancers=[{
             "name": "roll-api", "cluster": CLUSTER, "type": "lxc",
             "ports": [{"name": "api", "port": 6443, "targetPort": 6443}], "healthCheck": readyz_check(),
-            "lxc": {"replicas": 2, "vip": VIP, "virtualRouterID": ROUTER_ID, "advertIntervalSeconds": 0.02,
+            "lxc": {"replicas": 2, "vip": VIP, "virtualRouterID": ROUTER_ID, "advertIntervalSeconds": ADVERT_SECONDS,
                     "instanceSpec": {"image": "cplb/haproxy", "limits": {"memory": "128MiB"}}},
         }])
 
@@ -176,6 +182,26 @@ class Timeline:
         self.thread.join(timeout=10)
 
 
+class HolderLog(Timeline):
+    """Which replicas have the VIP on eth0, every 0.1 s, in a thread: (seconds since start, holders) at each change."""
+
+    def __init__(self, prefix: str, vip: str):
+        super().__init__([])
+        self.prefix, self.vip = prefix, vip
+
+    def _run(self):
+        last = None
+        while not self.stop_event.is_set():
+            try:
+                now = [h.rsplit("-", 1)[-1] for h in vip_holders(self.prefix, self.vip)]
+            except Exception:  # noqa: BLE001 - a diagnostic only
+                now = last
+            if now != last:
+                last = now
+                self.seen.append((round(time.monotonic() - self.t0, 2), now))
+            time.sleep(0.1)
+
+
 def etcd_unchanged(name: str, before: list) -> None:
     after = etcd_state(name)
     assert after == before, (before, after)
@@ -224,7 +250,9 @@ def first_rebuilt_and_second_going_down(first: str, second: str, image: str) -> 
     from providers.incus_client import IncusError
 
     try:
-        return base_images([first])[first] == image and incus().get_instance(second)["status"] != "Running"
+        going = (incus().get_instance(second) or {}).get("status")
+        # None: not readable at this instant (Incus answered not found for it once, mid-stop): look again.
+        return base_images([first])[first] == image and going not in (None, "Running")
     except IncusError:
         # An instance read while it starts can fail ("Invalid PID"): not there yet, look again.
         return False
@@ -263,14 +291,12 @@ def test_upgrade_killed_after_the_first_member_is_finished_by_the_next_plain_up(
     if load.counts["failed"]:
         for member in members(name):
             print(f"--- {member} console (the services' output)\n{console_tail(member)}")
-    # 0 on a quiet machine; under the whole suite on 2 cores, 0 in three runs and 3 of ~2,700 in two (2026-12-07:
-    # connection resets within 2 s of a member's stop, docs/upgrades.md known gaps), and once 2 TLS handshakes closed
-    # by the server (SSLEOFError) 3.6 s after a rebuilt member came back, plus 1 reset (2026-12-08, cause not found).
-    # The kill and the resumption themselves cost nothing; never more than 3 new connections, each closed by the
-    # server side (reset, or closed before its answer or during its handshake), never a wrong or refused answer.
-    assert load.counts["failed"] <= 3, load.errors
-    assert all(e.startswith(("ConnectionResetError", "RemoteDisconnected", "SSLEOFError")) for e in load.errors), \
-        load.errors
+    # The kill and the resumption cost a client-go client nothing. Under the whole suite on 2 cores the server side
+    # has closed a few new connections (a reset within 2 s of a member's stop; twice a TLS handshake closed 3.6 s
+    # after a rebuilt member came back, 2026-12-07/08, cause not found, docs/upgrades.md known gaps): client-go
+    # retries a GET on those after 1 s (ApiLoad `retried`), so they are printed, not failures.
+    print(f"GETs retried after a reset or EOF: {[(round(t - t_start, 1), why) for t, why in load.resets]}")
+    assert load.counts["failed"] == 0, load.errors
     assert set(base_images(members(name)).values()) == {new}
     data_kept(kube, ["upgrade", "killed"])
     etcd_unchanged(name, before)
@@ -352,12 +378,13 @@ def test_image_upgrade_of_an_lxc_pair_moves_the_vip_gracefully(rolling):
         log = UpdateLog()
         stack.workspace.env_vars["CPLB_UPGRADE"] = "1"
         try:
-            with ApiLoad(kubeconfig, VIP, 6443) as load:
-                stack.up(on_output=quiet, on_event=log)
+            with HolderLog(f"{name}-roll-api-haproxy", VIP) as holders:
+                with ApiLoad(kubeconfig, VIP, 6443) as load:
+                    stack.up(on_output=quiet, on_event=log)
+                t1 = time.monotonic()
+                assert wait_for(prober.steady, 10)
         finally:
             del stack.workspace.env_vars["CPLB_UPGRADE"]
-        t1 = time.monotonic()
-        assert wait_for(prober.steady, 10)
         probes = prober.probes(t0 - 1, answered=True)
         seen = outage(probes, t0, t1)
     finally:
@@ -366,7 +393,18 @@ def test_image_upgrade_of_an_lxc_pair_moves_the_vip_gracefully(rolling):
     assert log.changed() == {(r, "update") for r in order}, log.ops
     print(f"\nlxc pair upgrade under a 10 ms prober: longest gap {seen['outage']:.3f}s, {seen['failed']} failed "
           f"probes; kept-alive and new-connection load {load.counts}, failed on {load.failed_on}; order {order}")
+    since = lambda t: round(t - t0, 2)  # noqa: E731
+    print("timeline (s since the up began): updates "
+          f"{[(r.rsplit('-', 1)[-1], since(log.began[r]), since(log.ended[r])) for r in order]}; VIP holders "
+          f"{[(since(holders.t0) + t, h) for t, h in holders.seen]}; failed probes "
+          f"{[since(start) for start, _, ok in probes if not ok and start >= t0 - 0.2]}; failed requests "
+          f"{[since(t) for t in load.failed_at]}; GETs retried after a reset {[(since(t), w) for t, w in load.resets]}")
     assert order[0] == standby.split(f"{name}-", 1)[1], (order, holder)  # the standby first, the holder last
+    # The VIP moved once, to the rebuilt standby, and stayed there when the old holder came back (equal priorities:
+    # no preemption, whose move would be abrupt for every connection the standby had taken).
+    singles = [h[0] for _, h in holders.seen if len(h) == 1]
+    moves = [h for i, h in enumerate(singles) if i == 0 or h != singles[i - 1]]
+    assert moves == [holder[0].rsplit("-", 1)[-1], standby.rsplit("-", 1)[-1]], holders.seen
     # The connections open on the old holder when the VIP moves finish there (its peer sends their packets on,
     # cplb-takeover; the old holder keeps the VIP on lo while it drains): no probe and no request fails, on new
     # connections or on the kept-alive one (whose close at the end of the old holder's drain is retried, as Go's
