@@ -67,7 +67,8 @@ def quiet(_):
 class Prober:
     """bench/prober.py as its own process; `probes()` reads what it has written so far."""
 
-    def __init__(self, host: str, port: int, ca_pem: str, server_name: str = "", timeout: float = 0.2):
+    def __init__(self, host: str, port: int, ca_pem: str, server_name: str = "", timeout: float = 0.2,
+                 resolve: str = ""):
         self.host = host
         self.dir = tempfile.mkdtemp(prefix="cplb-probe-")
         ca = os.path.join(self.dir, "ca.pem")
@@ -76,7 +77,8 @@ class Prober:
         self.out = os.path.join(self.dir, "probes")
         self.proc = subprocess.Popen(
             [PYTHON, os.path.join(ROOT, "bench", "prober.py"), host, str(port), ca,
-             *(["--server-name", server_name] if server_name else []), "--timeout", str(timeout)],
+             *(["--server-name", server_name] if server_name else []), "--timeout", str(timeout),
+             *(["--resolve", resolve] if resolve else [])],
             stdout=open(self.out, "w"))
 
     def probes(self, since: float, answered: bool = False) -> list[tuple[float, float, bool]]:

@@ -5,7 +5,10 @@ same clock as the harness's time.monotonic()); `ok` is 1 for a 200, 5 for anothe
 its shutdown delay answers /readyz 500 while it still serves every other request), 0 for no answer in time.
 
 Run by bench/failover.py as its own process, so the harness's Incus calls never delay a probe:
-    python bench/prober.py HOST PORT CA_FILE [--server-name NAME] [--every 0.01] [--timeout 0.2]
+    python bench/prober.py HOST PORT CA_FILE [--server-name NAME] [--every 0.01] [--timeout 0.2] [--resolve S:P]
+With `--resolve SERVER:PORT`, HOST is a name, resolved (A records, over TCP) at that DNS server as a client that
+honours the TTL does: the answer is kept for its TTL, then asked again; each probe takes the next address of the
+answer in turn (the dns strategy seen by clients that resolve, not by one pinned to an address).
 It stops on SIGTERM after writing what it has."""
 
 from __future__ import annotations
@@ -16,6 +19,32 @@ import signal
 import ssl
 import sys
 import time
+
+
+class Resolver:
+    """HOST's A records at a DNS server, kept for their TTL; `next()` gives the answer's addresses in turn."""
+
+    def __init__(self, name: str, server: str):
+        self.name, (self.host, port) = name, server.rsplit(":", 1)
+        self.port, self.addresses, self.expires, self.turn = int(port), [], 0.0, 0
+
+    def next(self) -> str:
+        import dns.message
+        import dns.query
+
+        now = time.monotonic()
+        if now >= self.expires or not self.addresses:
+            try:
+                answer = dns.query.tcp(dns.message.make_query(self.name, "A"), self.host, port=self.port, timeout=1)
+                rrsets = [r for r in answer.answer if r.rdtype == 1]
+                self.addresses = sorted(rd.address for r in rrsets for rd in r)
+                self.expires = now + (min(r.ttl for r in rrsets) if rrsets else 1)
+            except Exception:  # noqa: BLE001 - a resolver that does not answer: keep the last answer a moment
+                self.expires = now + 1
+        if not self.addresses:
+            return self.name
+        self.turn += 1
+        return self.addresses[self.turn % len(self.addresses)]
 
 
 async def probe(host: str, port: int, ctx: ssl.SSLContext, server_name: str, timeout: float, out: list):
@@ -46,8 +75,10 @@ async def run(args) -> None:
     tasks: set = set()
     next_at = time.monotonic()
     last_flush = next_at
+    resolver = Resolver(args.host, args.resolve) if args.resolve else None
     while not stop.is_set():
-        task = asyncio.create_task(probe(args.host, args.port, ctx, args.server_name or args.host, args.timeout,
+        host = resolver.next() if resolver else args.host
+        task = asyncio.create_task(probe(host, args.port, ctx, args.server_name or args.host, args.timeout,
                                          lines))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -72,6 +103,7 @@ def main() -> None:
     ap.add_argument("--server-name", default="")
     ap.add_argument("--every", type=float, default=0.01)
     ap.add_argument("--timeout", type=float, default=0.2)
+    ap.add_argument("--resolve", default="", help="SERVER:PORT: HOST is a name, resolved there for its TTL")
     asyncio.run(run(ap.parse_args()))
 
 

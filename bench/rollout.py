@@ -58,11 +58,12 @@ def one_rollout(stack, kubeconfig: str, endpoints: dict, image: str, variant: st
     for one in image.split(","):
         build_image_version(one, variant)
     ca = kubeconfig_ca(kubeconfig)
-    # An endpoint is (host, port) or (host, port, the name its certificate is checked for).
-    probers = {label: Prober(e[0], e[1], ca, server_name=(e[2:] or ("",))[0], timeout=timeout)
-               for label, e in endpoints.items()}
+    # An endpoint is (host, port), (host, port, the name its certificate is checked for) or (name, port, name, the
+    # DNS server that resolves it): a client that resolves the name for its TTL (probes only, no API load).
+    probers = {label: Prober(e[0], e[1], ca, server_name=(e[2:] or ("",))[0], timeout=timeout,
+                             resolve=(e[3:] or ("",))[0]) for label, e in endpoints.items()}
     loads = {label: ApiLoad(kubeconfig, e[0], e[1], server_name=(e[2:] or (None,))[0])
-             for label, e in endpoints.items()}
+             for label, e in endpoints.items() if not e[3:]}
     try:
         for p in probers.values():
             assert wait_for(p.steady, 20), "the endpoint never answered steadily before the rollout"
@@ -81,9 +82,11 @@ def one_rollout(stack, kubeconfig: str, endpoints: dict, image: str, variant: st
         t1 = time.monotonic()
         for p in probers.values():
             wait_for(p.steady, 15)
+        none = {"failed": 0, "ok": 0, "retried": 0}
         return {label: {**outage(p.probes(t0 - 1, answered=True), t0, t1), "up": t1 - t0,
-                        "api_failed": loads[label].counts["failed"], "api_ok": loads[label].counts["ok"],
-                        "api_retried": loads[label].counts["retried"]}
+                        "api_failed": (loads[label].counts if label in loads else none)["failed"],
+                        "api_ok": (loads[label].counts if label in loads else none)["ok"],
+                        "api_retried": (loads[label].counts if label in loads else none)["retried"]}
                 for label, p in probers.items()}
     finally:
         for p in probers.values():
@@ -92,10 +95,12 @@ def one_rollout(stack, kubeconfig: str, endpoints: dict, image: str, variant: st
 
 def cell(runs: list[dict]) -> str:
     gaps = [r["outage"] for r in runs]
+    api = sum(r["api_ok"] + r["api_failed"] for r in runs)
     return (f"longest gap median {statistics.median(gaps):.3f} s, max {max(gaps):.3f} s; failed probes "
-            f"{sum(r['failed'] for r in runs)}; failed API requests {sum(r['api_failed'] for r in runs)} of "
-            f"{sum(r['api_ok'] + r['api_failed'] for r in runs)} (GETs client-go retries after a reset or EOF: "
-            f"{sum(r.get('api_retried', 0) for r in runs)}); `up` {statistics.median(r['up'] for r in runs):.1f} s")
+            f"{sum(r['failed'] for r in runs)}; " +
+            (f"failed API requests {sum(r['api_failed'] for r in runs)} of {api} (GETs client-go retries after a "
+             f"reset or EOF: {sum(r.get('api_retried', 0) for r in runs)}); " if api else "") +
+            f"`up` {statistics.median(r['up'] for r in runs):.1f} s")
 
 
 # The VIPs on the members themselves: the control plane's image (with kube-vip in it, for the kube-vip cell) rolls one
@@ -153,6 +158,8 @@ def dns_cells(args) -> list[tuple[str, str]]:
             out = result.outputs["loadBalancers"].value["dn"]
             fqdn = out["endpoint"].rsplit(":", 1)[0].rstrip(".")
             endpoints = {f"node {n}": (address, 6443, fqdn) for n, address in enumerate(sorted(out["published"]), 1)}
+            # Beside the clients pinned to a node: one that resolves the name again when its answer's TTL is out.
+            endpoints["resolver"] = (fqdn, 6443, fqdn, server["server"])
             for n in range(args.runs):
                 found = one_rollout(stack, kubeconfig, endpoints, "nginx-proxy", f"bench-{name}-{n}", args.timeout)
                 for label, figures in found.items():
@@ -161,8 +168,9 @@ def dns_cells(args) -> list[tuple[str, str]]:
                           f"{figures['failed']} failed probes, {figures['api_failed']} failed API requests, "
                           f"up {figures['up']:.1f} s", flush=True)
     build_image_version("nginx-proxy")  # back to the checkout's recipe
-    return [(f"`cplb/nginx-proxy` upgrade, dns proxy nodes (2, TTL 30 s), a client holding {label}'s address",
-             cell(found)) for label, found in sorted(runs.items())]
+    return [(f"`cplb/nginx-proxy` upgrade, dns proxy nodes (2, TTL 30 s), " +
+             ("a client resolving the name for its TTL" if label == "resolver" else
+              f"a client holding {label}'s address"), cell(found)) for label, found in sorted(runs.items())]
 
 
 DEFAULT_IMAGES = "control-plane,haproxy,worker"
