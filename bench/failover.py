@@ -83,12 +83,18 @@ class Prober:
 
     def probes(self, since: float, answered: bool = False) -> list[tuple[float, float, bool]]:
         """(start, end, ok): ok is a 200; with `answered`, any HTTP answer (not a refused or timed-out probe)."""
+        return [(start, end, result not in ("0", "t") if answered else result == "1")
+                for start, end, result in self.results(since)]
+
+    def results(self, since: float) -> list[tuple[float, float, str]]:
+        """(start, end, result) as bench/prober.py wrote them: 1, 5 (another HTTP answer), 0 (refused, reset or
+        closed without an answer), t (no answer within the timeout)."""
         rows = []
         with open(self.out) as f:
             for line in f:
                 parts = line.split()
                 if len(parts) == 3 and float(parts[0]) >= since:
-                    rows.append((float(parts[0]), float(parts[1]), parts[2] != "0" if answered else parts[2] == "1"))
+                    rows.append((float(parts[0]), float(parts[1]), parts[2]))
         return rows
 
     def steady(self, seconds: float = 2.0) -> bool:

@@ -2,7 +2,8 @@
 rate, not a closed loop: a slow answer does not delay the next probe), verified against the cluster CA, asking
 `GET /readyz` with a 200 ms timeout. One line per probe on stdout: `start end ok` (CLOCK_MONOTONIC seconds, the
 same clock as the harness's time.monotonic()); `ok` is 1 for a 200, 5 for another HTTP answer (a kube-apiserver in
-its shutdown delay answers /readyz 500 while it still serves every other request), 0 for no answer in time.
+its shutdown delay answers /readyz 500 while it still serves every other request), 0 for a connection refused,
+reset or closed without an answer, t for no answer within the timeout.
 
 Run by bench/failover.py as its own process, so the harness's Incus calls never delay a probe:
     python bench/prober.py HOST PORT CA_FILE [--server-name NAME] [--every 0.01] [--timeout 0.2] [--resolve S:P]
@@ -61,7 +62,9 @@ async def probe(host: str, port: int, ctx: ssl.SSLContext, server_name: str, tim
 
     try:
         result = await asyncio.wait_for(ask(), timeout)
-    except (OSError, asyncio.TimeoutError, ssl.SSLError, EOFError):
+    except asyncio.TimeoutError:
+        result = "t"
+    except (OSError, ssl.SSLError, EOFError):
         result = "0"
     out.append(f"{start:.4f} {time.monotonic():.4f} {result}\n")
 

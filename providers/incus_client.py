@@ -159,12 +159,19 @@ class IncusClient:
         url = f"{self.api._api_endpoint}/{path.lstrip('/')}".rstrip("/")
         params = dict(params or {})
         params.setdefault("project", self.conn.project)
-        try:
-            resp = session.request(method, url, params=params, json=json, data=data, headers=headers,
-                                   timeout=120, verify=self.api.session.verify)
-        except Exception as exc:
-            raise IncusError(f"{what or method + ' ' + path}: cannot reach Incus ({type(exc).__name__}: {exc}); "
-                             "run `up` again once incusd answers: it adopts what this run made")
+        # A read on a kept-alive connection that incusd closed before answering is sent again at once, on a new
+        # connection (as Go's transport does for idempotent requests): seen once under load, it failed an `up`.
+        attempts = 2 if method in ("GET", "HEAD") else 1
+        for attempt in range(attempts):
+            try:
+                resp = session.request(method, url, params=params, json=json, data=data, headers=headers,
+                                       timeout=120, verify=self.api.session.verify)
+                break
+            except Exception as exc:
+                if attempt + 1 < attempts and closed_before_answer(exc):
+                    continue
+                raise IncusError(f"{what or method + ' ' + path}: cannot reach Incus ({type(exc).__name__}: {exc}); "
+                                 "run `up` again once incusd answers: it adopts what this run made")
         if resp.status_code not in ok:
             try:
                 detail = resp.json().get("error") or resp.text
@@ -353,6 +360,14 @@ class IncusClient:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.2)
+
+
+def closed_before_answer(exc: BaseException) -> bool:
+    """The server closed the connection before its answer (a kept-alive connection it had let go): requests says
+    'Connection aborted.' around RemoteDisconnected or a reset."""
+    text = f"{exc!r} {exc}"
+    return "Connection aborted" in text and ("RemoteDisconnected" in text or "ConnectionResetError" in text
+                                             or "Connection reset" in text)
 
 
 def addresses_of(inst: dict, ignore: frozenset[str] = frozenset()) -> dict[str, list[str]]:
