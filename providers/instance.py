@@ -290,7 +290,7 @@ class InstanceProvider(ResourceProvider):
             # Out of its name's records (a dns proxy node) until it is back and healthy: the end of `down`.
             down.enter_context(rollout.withdrawn_from_dns(name, inst, plan.get("withdraw")))
             seconds = int(plan.get("stopSeconds") or STOP_SECONDS)
-            with rollout.connections_handed_over(client, name, inst, peers, health):
+            with rollout.connections_handed_over(client, name, inst, peers, health, props.get("ignoreAddresses")):
                 try:
                     client.set_state(name, "stop", timeout=seconds)
                 except IncusError:

@@ -86,15 +86,21 @@ TAKEOVER = "/usr/local/bin/cplb-takeover"
 
 
 @contextlib.contextmanager
-def connections_handed_over(client, name: str, inst: dict, peers: list[str], health: dict) -> Iterator[None]:
-    """While a VRRP replica is stopped for its rebuild, its peers send the packets of the connections it still serves
-    on to it (images/haproxy/usr/local/bin/cplb-takeover) instead of resetting them once the VIP has moved: the
-    connections open at the handover finish on the old holder. Best effort: a peer on an image without the command
+def connections_handed_over(client, name: str, inst: dict, peers: list[str], health: dict,
+                            vips: Optional[list[str]] = None) -> Iterator[None]:
+    """While a VRRP replica that holds the VIP is stopped for its rebuild, its peers send the packets of the
+    connections it still serves on to it (images/haproxy/usr/local/bin/cplb-takeover) instead of resetting them once
+    the VIP has moved: the connections open at the handover finish on the old holder. A standby (no VIP on its eth0)
+    serves nothing through the VIP: its peers are not asked. Best effort: a peer on an image without the command
     resets them, as before."""
-    address = (addresses_of(inst).get("inet") or [""])[0]
+    vips = list(vips or [])
+    on_eth0 = addresses_of(inst).get("inet") or []
+    address = (addresses_of(inst, frozenset(vips)).get("inet") or [""])[0]
+    holds_vip = not vips or any(v in on_eth0 for v in vips)
     helpers = []
     # CPLB_TAKEOVER=0: the handover as it was before (bench/rollout.py measures both in one run).
-    if health.get("kind") == "haproxy" and health.get("vrrp") and address and os.environ.get("CPLB_TAKEOVER") != "0":
+    if health.get("kind") == "haproxy" and health.get("vrrp") and address and holds_vip and \
+            os.environ.get("CPLB_TAKEOVER") != "0":
         for peer in peers:
             try:
                 rc, _, _ = client.exec(peer, [TAKEOVER, "accept", address, str(TAKEOVER_SECONDS)], timeout=10)

@@ -181,6 +181,23 @@ def test_a_vrrp_replica_stops_only_while_its_peers_take_its_connections_over(fak
     assert client.calls == ["stop", "rebuild b", "converge", "start"]
 
 
+def test_only_the_vip_holder_has_its_connections_taken_over(fake):
+    """A standby (the pair's VIP declared, not on its eth0) serves nothing through the VIP: its peers are not asked;
+    the holder (the VIP on its eth0 beside its own address) is, for its own address."""
+    client, _ = fake()
+    client.exec = lambda name, cmd, timeout=120: (client.calls.append(f"{name} {' '.join(cmd[1:])}"), (0, "", ""))[1]
+    news = {**NEWS, "ignoreAddresses": ["198.18.10.40"],
+            "rollout": {**NEWS["rollout"], "health": {"kind": "haproxy", "port": 6443, "vrrp": True}}}
+    InstanceProvider().update("s-cp-1", BASE, news)
+    assert client.calls == ["stop", "rebuild b", "converge", "start"]
+    client.calls.clear()
+    client.inst["config"]["volatile.base_image"] = OLD
+    client.inst["state"]["network"]["eth0"]["addresses"].append(
+        {"family": "inet", "scope": "global", "address": "198.18.10.40"})
+    InstanceProvider().update("s-cp-1", BASE, news)
+    assert client.calls[:3] == ["s-cp-2 accept 198.18.10.150 30", "s-cp-3 accept 198.18.10.150 30", "stop"]
+
+
 WITHDRAW = {"kind": "dns", "server": "127.0.0.1:53", "zone": "cplb.test.", "fqdn": "api.cplb.test.", "ttl": 7,
             "tsig": {"name": "k.", "algorithm": "hmac-sha256", "secret": "c2VjcmV0"}, "ownerStack": "s",
             "ownerId": "lb/api"}
