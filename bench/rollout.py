@@ -82,11 +82,11 @@ def one_rollout(stack, kubeconfig: str, endpoints: dict, image: str, variant: st
         t1 = time.monotonic()
         for p in probers.values():
             wait_for(p.steady, 15)
-        none = {"failed": 0, "ok": 0, "retried": 0}
+        api = {label: loads[label].counts if label in loads else {"failed": 0, "ok": 0, "retried": 0}
+               for label in probers}
         return {label: {**outage(p.probes(t0 - 1, answered=True), t0, t1), "up": t1 - t0,
-                        "api_failed": (loads[label].counts if label in loads else none)["failed"],
-                        "api_ok": (loads[label].counts if label in loads else none)["ok"],
-                        "api_retried": (loads[label].counts if label in loads else none)["retried"]}
+                        "api_failed": api[label]["failed"], "api_ok": api[label]["ok"],
+                        "api_retried": api[label]["retried"]}
                 for label, p in probers.items()}
     finally:
         for p in probers.values():

@@ -124,7 +124,7 @@ WITHDRAW_WAIT_MAX_SECONDS = 300.0
 
 
 @contextlib.contextmanager
-def withdrawn_from_dns(name: str, inst: dict, withdraw: Optional[dict], log=None) -> Iterator[None]:
+def withdrawn_from_dns(name: str, inst: dict, withdraw: Optional[dict]) -> Iterator[None]:
     """A dns strategy's proxy node leaves the records of its name before it goes down for a rollout, and the rollout
     waits the name's TTL, so that clients that resolve the name again stop connecting to it before it stops; the
     address is published again once the node is back and healthy (the end of the block without an error). A node
@@ -145,9 +145,7 @@ def withdrawn_from_dns(name: str, inst: dict, withdraw: Optional[dict], log=None
             mine = []
         if mine:
             dns_records.withdraw(withdraw, mine)
-    except dns_records.DnsError as exc:
-        if log:
-            log(f"{name}: its address stays published during its rollout ({exc})")
+    except dns_records.DnsError:
         mine = []
     if mine:
         time.sleep(min(float(withdraw.get("ttl") or 0), WITHDRAW_WAIT_MAX_SECONDS))
